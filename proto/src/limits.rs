@@ -1,0 +1,22 @@
+//! Limits on everything a request may carry. Requests beyond them are refused
+//! at the edge with a message naming the limit.
+
+/// Most legs in one itinerary.
+pub const LEGS_MAX: usize = 8;
+/// Most seats one leg may book.
+pub const SEATS_PER_LEG_MAX: usize = 9;
+/// Longest idempotency key, in bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+/// Longest flight id, in characters.
+pub const FLIGHT_ID_CHARS_MAX: usize = 16;
+/// Longest passenger name, in bytes.
+pub const PASSENGER_BYTES_MAX: usize = 64;
+/// Largest booking deadline a client may ask for.
+pub const TIMEOUT_MS_MAX: u32 = 60_000;
+/// Largest encoded request accepted by any service, in bytes.
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024;
+/// Seat map limits for a flight.
+pub const SEAT_ROWS_MAX: u32 = 200;
+pub const SEAT_LETTERS_MAX: usize = 12;
+/// Partitions are fixed for the life of a deployment.
+pub const PARTITIONS_MAX: u32 = 65_536;
