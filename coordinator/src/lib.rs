@@ -1,1 +1,18 @@
-//! placeholder
+//! The two-phase-commit coordinator for cross-shard seat bookings.
+//!
+//! It takes an itinerary, splits it by shard (`config::ShardMap`), runs
+//! one-phase or two-phase commit against the participants (`core`), forces
+//! its decisions to the decision log (`log`), answers participants'
+//! `GetDecision`, and after a restart finishes every transaction the log
+//! leaves open (`recovery`). It holds no inventory.
+
+pub mod config;
+pub mod core;
+pub mod log;
+pub mod protocol;
+pub mod recovery;
+pub mod records;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod shards;

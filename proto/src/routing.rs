@@ -11,10 +11,15 @@ use std::hash::Hasher;
 
 /// The documented, stable 64-bit FNV-1a hash of a flight id.
 pub fn flight_hash(flight_id: &str) -> u64 {
+    flight_hash_bytes(flight_id.as_bytes())
+}
+
+/// FNV-1a 64 of raw bytes (also used to fingerprint requests).
+pub fn flight_hash_bytes(bytes: &[u8]) -> u64 {
     let mut hasher = fnv::FnvHasher::default();
     // `write` hashes the raw bytes; `Hash for str` would append a 0xff
     // terminator, which is not part of the documented function.
-    hasher.write(flight_id.as_bytes());
+    hasher.write(bytes);
     hasher.finish()
 }
 

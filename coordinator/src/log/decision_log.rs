@@ -1,0 +1,146 @@
+//! The handle the coordinator holds: `open` (replay, cut the torn tail,
+//! start the writer), `append` (frame on the caller's task, queue, await
+//! the writer), `stats` and `shutdown`.
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::segment::{self, Segment};
+use super::stats::Counters;
+use super::writer::{Append, Request, Shared, Writer, QUEUE_DEPTH_MAX};
+use super::{
+    frame, scan, Durability, LogError, LogOptions, LogRecord, LogStats, Position, Replayed,
+    FORMAT_VERSION,
+};
+
+/// A cheap, cloneable handle to the log's one writer. The writer stops when
+/// `shutdown` is called or every handle is dropped (after a last fsync).
+#[derive(Clone, Debug)]
+pub struct DecisionLog {
+    sender: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+}
+
+impl DecisionLog {
+    /// Creates `dir` if needed (and fsyncs its parent), replays every segment
+    /// in order, cuts a torn tail of the last segment (truncate + fsync),
+    /// refuses corruption anywhere else, then starts the writer thread.
+    /// Needs no runtime itself; `append` must be awaited in a tokio runtime.
+    pub fn open(options: LogOptions) -> Result<(DecisionLog, Replayed), LogError> {
+        create_dir(&options.dir)?;
+        let segments = segment::list(&options.dir)?;
+        let replayed = scan::replay(&segments)?;
+        if let Some(cut) = &replayed.tail_cut {
+            tracing::warn!(segment = %cut.segment.display(), offset = cut.offset, bytes_cut = cut.bytes_cut,
+                "decision log: cutting a torn tail (never acknowledged)");
+            segment::cut_tail(&options.dir, cut)?;
+        }
+        let shared = Arc::new(Shared::default());
+        let segment = match segments.last() {
+            Some((seq, _)) => Segment::open_append(&options.dir, *seq)?,
+            None => {
+                Counters::add(&shared.counters.segments_created, 1);
+                Segment::create(&options.dir, 1)?
+            }
+        };
+        let log = start_writer(&options, segment, shared)?;
+        Ok((log, replayed))
+    }
+
+    /// Appends one record. `Forced` resolves only after this record and all
+    /// before it are fsynced; `Written` once it is written to the file.
+    /// Records of one caller go in call order; the result is where it went.
+    /// Stamps `format_version` with [`FORMAT_VERSION`] when it is 0.
+    pub async fn append(
+        &self,
+        mut record: LogRecord,
+        durability: Durability,
+    ) -> Result<Position, LogError> {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Err(LogError::Poisoned);
+        }
+        stamp_version(&mut record)?;
+        // (1) Encode and frame here, so the writer only copies bytes.
+        let frame = frame::encode(&record)?;
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Append(Append {
+            frame,
+            durability,
+            reply,
+        });
+        self.sender
+            .send(request)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        answer.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// What the writer has done since `open`.
+    pub fn stats(&self) -> LogStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Writes everything queued before this call, fsyncs it and stops the
+    /// writer; later appends get `Closed`. Err(Poisoned) if the log was (or
+    /// the last fsync made it) poisoned, Err(Closed) if already stopped.
+    pub async fn shutdown(&self) -> Result<(), LogError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Request::Shutdown { reply })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        answer.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Test hook: the writer's next fsync fails as if the disk had failed.
+    #[cfg(test)]
+    pub(crate) fn fail_next_fsync(&self) {
+        self.shared.fail_next_fsync.store(true, Ordering::Release);
+    }
+}
+
+fn start_writer(
+    options: &LogOptions,
+    segment: Segment,
+    shared: Arc<Shared>,
+) -> Result<DecisionLog, LogError> {
+    let (sender, receiver) = mpsc::channel(QUEUE_DEPTH_MAX);
+    let writer = Writer::new(options, segment, Arc::clone(&shared), receiver);
+    std::thread::Builder::new()
+        .name("decision-log-writer".to_string())
+        .spawn(move || writer.run())
+        .map_err(LogError::io("spawn the decision log writer thread"))?;
+    Ok(DecisionLog { sender, shared })
+}
+
+/// Creates the log directory if missing, and fsyncs its parent so the new
+/// directory's name is durable.
+fn create_dir(dir: &Path) -> Result<(), LogError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(LogError::io(format!(
+        "create decision log directory {}",
+        dir.display()
+    )))?;
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => segment::fsync_dir(parent),
+        _ => segment::fsync_dir(Path::new(".")),
+    }
+}
+
+fn stamp_version(record: &mut LogRecord) -> Result<(), LogError> {
+    if record.format_version == 0 {
+        record.format_version = FORMAT_VERSION;
+    }
+    if record.format_version > FORMAT_VERSION {
+        return Err(LogError::RecordVersionUnsupported {
+            version: record.format_version,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! The one writer: a std thread doing blocking I/O, fed by a bounded tokio
+//! channel, waking waiters through tokio oneshots. It takes every record
+//! queued at that moment, writes them with one write, fsyncs once if any of
+//! them asked for `Forced`, then wakes them all: group commit. A failed
+//! write or fsync poisons the log for good.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::segment::{Segment, HEADER_BYTES};
+use super::stats::Counters;
+use super::{Durability, LogError, LogOptions, Position};
+
+/// Most appends queued for the writer; `append` waits for room beyond it.
+pub(crate) const QUEUE_DEPTH_MAX: usize = 16 * 1024;
+/// A batch stops taking records once its frames reach this many bytes.
+const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// A message to the writer.
+pub(crate) enum Request {
+    Append(Append),
+    /// Write everything queued before it, fsync, stop.
+    Shutdown {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+}
+
+/// One record, already framed by `append`.
+pub(crate) struct Append {
+    pub frame: Vec<u8>,
+    pub durability: Durability,
+    pub reply: oneshot::Sender<Result<Position, LogError>>,
+}
+
+/// State shared by the handles and the writer thread.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Set once, by the writer, when a write or fsync fails; never cleared.
+    pub poisoned: AtomicBool,
+    pub counters: Counters,
+    /// Test hook: the next fsync by the writer fails.
+    #[cfg(test)]
+    pub fail_next_fsync: AtomicBool,
+}
+
+/// Records taken from the queue together.
+#[derive(Default)]
+struct Batch {
+    appends: Vec<Append>,
+    bytes: usize,
+    forced: bool,
+    shutdown: Option<oneshot::Sender<Result<(), LogError>>>,
+}
+
+pub(crate) struct Writer {
+    dir: PathBuf,
+    segment_bytes_max: u64,
+    group_commit: bool,
+    segment: Segment,
+    /// End of the bytes handed to write(2): where the next frame goes.
+    written: Position,
+    /// End of the bytes known to be fsynced. Invariant: `durable <= written`;
+    /// no Forced waiter is woken for a record that ends past `durable`.
+    durable: Position,
+    shared: Arc<Shared>,
+    receiver: mpsc::Receiver<Request>,
+}
+
+impl Writer {
+    /// `segment` is open at its end, and everything in it is fsynced.
+    pub fn new(
+        options: &LogOptions,
+        segment: Segment,
+        shared: Arc<Shared>,
+        receiver: mpsc::Receiver<Request>,
+    ) -> Self {
+        let end = Position {
+            segment: segment.seq(),
+            offset: segment.len(),
+        };
+        Writer {
+            dir: options.dir.clone(),
+            segment_bytes_max: options.segment_bytes_max,
+            group_commit: options.group_commit,
+            segment,
+            written: end,
+            durable: end,
+            shared,
+            receiver,
+        }
+    }
+
+    /// The thread's body: batches until shutdown or until every handle is
+    /// dropped, then a last fsync.
+    pub fn run(mut self) {
+        let mut shutdown = None;
+        while shutdown.is_none() {
+            let Some(mut batch) = self.next_batch() else {
+                break;
+            };
+            shutdown = batch.shutdown.take();
+            self.commit(batch);
+        }
+        let result = self.close();
+        // Close the segment before answering, so the caller may reopen.
+        drop(self);
+        if let Some(reply) = shutdown {
+            // The caller may have stopped waiting; nothing to do then.
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Waits for one request, then takes every request already queued, up to
+    /// `BATCH_BYTES_MAX` (one request only with group commit off), stopping
+    /// at a shutdown. None when every handle is gone.
+    fn next_batch(&mut self) -> Option<Batch> {
+        let mut batch = Batch::default();
+        let mut next = Some(self.receiver.blocking_recv()?);
+        while let Some(request) = next {
+            match request {
+                Request::Shutdown { reply } => {
+                    batch.shutdown = Some(reply);
+                    break;
+                }
+                Request::Append(append) => batch.push(append),
+            }
+            if !self.group_commit || batch.bytes >= BATCH_BYTES_MAX {
+                break;
+            }
+            next = self.receiver.try_recv().ok();
+        }
+        Some(batch)
+    }
+
+    /// Writes a batch and wakes its waiters (step 5), or poisons the log.
+    fn commit(&mut self, batch: Batch) {
+        if batch.appends.is_empty() {
+            return;
+        }
+        let result = if self.shared.poisoned.load(Ordering::Acquire) {
+            Err(LogError::Poisoned)
+        } else {
+            self.write_batch(&batch)
+        };
+        match result {
+            Ok(positions) => wake(batch.appends, positions),
+            Err(error) => {
+                self.poison(error);
+                wake_poisoned(batch.appends);
+            }
+        }
+    }
+
+    /// Steps 2-4 for one batch; returns where each record went.
+    fn write_batch(&mut self, batch: &Batch) -> Result<Vec<Position>, LogError> {
+        let mut positions = Vec::with_capacity(batch.appends.len());
+        let mut buffer = Vec::with_capacity(batch.bytes);
+        for append in &batch.appends {
+            if self.must_rotate(buffer.len(), append.frame.len()) {
+                self.write(&buffer)?;
+                buffer.clear();
+                self.rotate()?;
+            }
+            positions.push(Position {
+                segment: self.written.segment,
+                offset: self.written.offset + buffer.len() as u64,
+            });
+            buffer.extend_from_slice(&append.frame);
+        }
+        // (2) One write of every frame of the batch.
+        self.write(&buffer)?;
+        // (3) One fsync if anyone asked for it; every record with group commit off.
+        if batch.forced || !self.group_commit {
+            self.fsync()?;
+        }
+        self.count_batch(batch);
+        Ok(positions)
+    }
+
+    /// True when a frame of `frame_bytes` after `pending` unwritten bytes
+    /// would take a non-empty segment past `segment_bytes_max`.
+    fn must_rotate(&self, pending: usize, frame_bytes: usize) -> bool {
+        let end = self.written.offset + pending as u64;
+        end > HEADER_BYTES && end + frame_bytes as u64 > self.segment_bytes_max
+    }
+
+    /// (2a) fsync the full segment, so everything before the switch is
+    /// durable, then (4) create the next one.
+    fn rotate(&mut self) -> Result<(), LogError> {
+        self.fsync()?;
+        self.segment = Segment::create(&self.dir, self.segment.seq() + 1)?;
+        Counters::add(&self.shared.counters.segments_created, 1);
+        self.written = Position {
+            segment: self.segment.seq(),
+            offset: self.segment.len(),
+        };
+        // The new segment's header was fsynced by `create`.
+        self.durable = self.written;
+        self.validate();
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), LogError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.segment.write(bytes)?;
+        self.written.offset = self.segment.len();
+        self.validate();
+        Ok(())
+    }
+
+    /// (3) fdatasync of the current segment; never retried after a failure.
+    fn fsync(&mut self) -> Result<(), LogError> {
+        if self.durable == self.written {
+            return Ok(());
+        }
+        self.injected_fsync_failure()?;
+        self.segment.sync()?;
+        Counters::add(&self.shared.counters.fsyncs, 1);
+        self.durable = self.written;
+        self.validate();
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn injected_fsync_failure(&self) -> Result<(), LogError> {
+        if self.shared.fail_next_fsync.swap(false, Ordering::AcqRel) {
+            let source = std::io::Error::other("injected fsync failure");
+            let context = format!(
+                "fsync segment {}",
+                super::segment::file_name(self.segment.seq())
+            );
+            return Err(LogError::Io { context, source });
+        }
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    fn injected_fsync_failure(&self) -> Result<(), LogError> {
+        Ok(())
+    }
+
+    /// Logs the first failure once at ERROR and refuses all further writes.
+    fn poison(&mut self, error: LogError) {
+        if !self.shared.poisoned.swap(true, Ordering::AcqRel) {
+            tracing::error!(%error, written = ?self.written, durable = ?self.durable,
+                "decision log poisoned: refusing all further writes until restart");
+        }
+    }
+
+    /// After the last batch: fsync what was only written, then answer
+    /// `Closed` to anything still queued.
+    fn close(&mut self) -> Result<(), LogError> {
+        let result = self.final_fsync();
+        self.receiver.close();
+        while let Ok(request) = self.receiver.try_recv() {
+            reply_closed(request);
+        }
+        result
+    }
+
+    fn final_fsync(&mut self) -> Result<(), LogError> {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Err(LogError::Poisoned);
+        }
+        self.fsync().map_err(|error| {
+            self.poison(error);
+            LogError::Poisoned
+        })
+    }
+
+    fn count_batch(&self, batch: &Batch) {
+        let counters = &self.shared.counters;
+        Counters::add(&counters.records_written, batch.appends.len() as u64);
+        Counters::add(&counters.bytes_written, batch.bytes as u64);
+        Counters::add(&counters.batches, 1);
+    }
+
+    fn validate(&self) {
+        assert!(
+            self.durable <= self.written,
+            "durable {:?} past written {:?}",
+            self.durable,
+            self.written
+        );
+        assert_eq!(
+            self.written.segment,
+            self.segment.seq(),
+            "written is in the current segment"
+        );
+        assert_eq!(
+            self.written.offset,
+            self.segment.len(),
+            "written is the end of the current segment"
+        );
+    }
+}
+
+impl Batch {
+    fn push(&mut self, append: Append) {
+        self.bytes += append.frame.len();
+        self.forced |= append.durability == Durability::Forced;
+        self.appends.push(append);
+    }
+}
+
+/// (5) Wakes each waiter with its position. A waiter that stopped waiting
+/// (dropped its future) is skipped: its record is written all the same.
+fn wake(appends: Vec<Append>, positions: Vec<Position>) {
+    assert_eq!(
+        appends.len(),
+        positions.len(),
+        "one position per record of the batch"
+    );
+    for (append, position) in appends.into_iter().zip(positions) {
+        let _ = append.reply.send(Ok(position));
+    }
+}
+
+fn wake_poisoned(appends: Vec<Append>) {
+    for append in appends {
+        let _ = append.reply.send(Err(LogError::Poisoned));
+    }
+}
+
+fn reply_closed(request: Request) {
+    match request {
+        Request::Append(append) => drop(append.reply.send(Err(LogError::Closed))),
+        Request::Shutdown { reply } => drop(reply.send(Err(LogError::Closed))),
+    }
+}

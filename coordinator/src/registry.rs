@@ -1,0 +1,228 @@
+//! The coordinator's in-memory view of every transaction it knows: by txid
+//! (for `GetDecision` and `GetTransaction`) and by idempotency key (for safe
+//! retries). Rebuilt from the decision log at start; nothing here is durable
+//! by itself.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use booking_proto::log_v1::LegSummary;
+use booking_proto::v1::{BookReply, Decision, LegRequest, Mode, Outcome, TransactionState, TransactionStatus};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Where a transaction is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    InProgress,
+    Committed,
+    Aborted,
+}
+
+/// Everything known about one transaction.
+#[derive(Debug)]
+pub struct TxnEntry {
+    pub txid: Uuid,
+    pub key: String,
+    pub fingerprint: u64,
+    pub mode: Mode,
+    pub one_phase: bool,
+    pub shards: Vec<String>,
+    pub legs: Vec<LegSummary>,
+    pub phase: Phase,
+    /// Invariant: `reply.is_some()` iff `phase != InProgress`.
+    pub reply: Option<BookReply>,
+    pub ended: bool,
+    pub begun_at_ms: u64,
+    pub decided_at_ms: u64,
+    pub ended_at_ms: u64,
+    done: watch::Sender<Option<BookReply>>,
+}
+
+/// A new transaction's identity, before it is registered.
+pub struct NewTxn {
+    pub txid: Uuid,
+    pub key: String,
+    pub fingerprint: u64,
+    pub mode: Mode,
+    pub one_phase: bool,
+    pub shards: Vec<String>,
+    pub legs: Vec<LegSummary>,
+    pub begun_at_ms: u64,
+}
+
+/// What `register` found.
+pub enum Registered {
+    /// The key is new; the transaction is registered as in progress.
+    New,
+    /// The key was seen before with the same request: wait for its reply.
+    Retry { txid: Uuid, reply: watch::Receiver<Option<BookReply>> },
+    /// The key was seen before with a different request.
+    KeyReused { txid: Uuid },
+}
+
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    txns: HashMap<Uuid, TxnEntry>,
+    keys: HashMap<String, Uuid>,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock is a bug that already crashed a
+        // task; the map itself is still consistent (updates are single calls).
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers `txn` under its key unless the key is already known.
+    pub fn register(&self, txn: NewTxn) -> Registered {
+        let mut inner = self.lock();
+        if let Some(txid) = inner.keys.get(&txn.key).copied() {
+            let existing = &inner.txns[&txid];
+            if existing.fingerprint != txn.fingerprint {
+                return Registered::KeyReused { txid };
+            }
+            return Registered::Retry { txid, reply: existing.done.subscribe() };
+        }
+        inner.keys.insert(txn.key.clone(), txn.txid);
+        inner.txns.insert(txn.txid, TxnEntry::from_new(txn));
+        Registered::New
+    }
+
+    /// Registers a transaction found in the log at start, whatever its phase.
+    pub fn restore(&self, txn: NewTxn, reply: Option<BookReply>, ended: bool, decided_at_ms: u64) {
+        let mut inner = self.lock();
+        let txid = txn.txid;
+        if !txn.key.is_empty() {
+            inner.keys.insert(txn.key.clone(), txid);
+        }
+        let mut entry = TxnEntry::from_new(txn);
+        if let Some(reply) = reply {
+            entry.set_reply(reply, decided_at_ms);
+        }
+        entry.ended = ended;
+        inner.txns.insert(txid, entry);
+    }
+
+    /// Records the decision and wakes every caller waiting on the key.
+    /// Call only once the decision is as durable as its reply requires.
+    pub fn decide(&self, txid: Uuid, reply: BookReply) {
+        let mut inner = self.lock();
+        let entry = inner.txns.get_mut(&txid).expect("a decided transaction was registered");
+        assert!(
+            entry.reply.as_ref().is_none_or(|r| r.outcome == reply.outcome),
+            "transaction {txid} decided twice, differently"
+        );
+        entry.set_reply(reply, now_ms());
+    }
+
+    pub fn end(&self, txid: Uuid) {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.txns.get_mut(&txid) {
+            entry.ended = true;
+            entry.ended_at_ms = now_ms();
+        }
+    }
+
+    /// The answer to a participant's `GetDecision`. A txid this coordinator
+    /// does not know was never decided COMMIT (a COMMIT record would have put
+    /// it here at start): presumed abort.
+    pub fn decision(&self, txid: Uuid) -> Decision {
+        match self.lock().txns.get(&txid).map(|e| e.phase) {
+            Some(Phase::InProgress) => Decision::InProgress,
+            Some(Phase::Committed) => Decision::Commit,
+            Some(Phase::Aborted) | None => Decision::Abort,
+        }
+    }
+
+    /// A receiver that sees the transaction's reply once decided.
+    pub fn subscribe(&self, txid: Uuid) -> Option<watch::Receiver<Option<BookReply>>> {
+        self.lock().txns.get(&txid).map(|e| e.done.subscribe())
+    }
+
+    pub fn status(&self, txid: Uuid) -> Option<TransactionStatus> {
+        self.lock().txns.get(&txid).map(TxnEntry::status)
+    }
+
+    pub fn status_by_key(&self, key: &str) -> Option<TransactionStatus> {
+        let inner = self.lock();
+        inner.keys.get(key).and_then(|txid| inner.txns.get(txid)).map(TxnEntry::status)
+    }
+
+    /// Transactions still in progress (for tests and shutdown).
+    pub fn in_progress(&self) -> usize {
+        self.lock().txns.values().filter(|e| e.phase == Phase::InProgress).count()
+    }
+}
+
+impl TxnEntry {
+    fn from_new(txn: NewTxn) -> TxnEntry {
+        let (done, _) = watch::channel(None);
+        TxnEntry {
+            txid: txn.txid,
+            key: txn.key,
+            fingerprint: txn.fingerprint,
+            mode: txn.mode,
+            one_phase: txn.one_phase,
+            shards: txn.shards,
+            legs: txn.legs,
+            phase: Phase::InProgress,
+            reply: None,
+            ended: false,
+            begun_at_ms: txn.begun_at_ms,
+            decided_at_ms: 0,
+            ended_at_ms: 0,
+            done,
+        }
+    }
+
+    fn set_reply(&mut self, reply: BookReply, at_ms: u64) {
+        self.phase = if reply.outcome == Outcome::Committed as i32 { Phase::Committed } else { Phase::Aborted };
+        self.decided_at_ms = at_ms;
+        self.reply = Some(reply.clone());
+        self.done.send_replace(Some(reply));
+    }
+
+    fn status(&self) -> TransactionStatus {
+        let state = match self.phase {
+            Phase::InProgress => TransactionState::TxnInProgress,
+            Phase::Committed => TransactionState::TxnCommitted,
+            Phase::Aborted => TransactionState::TxnAborted,
+        };
+        TransactionStatus {
+            txid: self.txid.to_string(),
+            idempotency_key: self.key.clone(),
+            mode: self.mode as i32,
+            state: state as i32,
+            ended: self.ended,
+            shards: self.shards.clone(),
+            legs: self.legs.iter().map(leg_request).collect(),
+            reply: self.reply.clone(),
+            begun_at_unix_ms: self.begun_at_ms,
+            decided_at_unix_ms: self.decided_at_ms,
+            ended_at_unix_ms: self.ended_at_ms,
+            one_phase: self.one_phase,
+        }
+    }
+}
+
+fn leg_request(leg: &LegSummary) -> LegRequest {
+    LegRequest {
+        flight_id: leg.flight_id.clone(),
+        seat_count: leg.seat_count,
+        seats: leg.seats.clone(),
+        passengers: leg.passengers.clone(),
+    }
+}
