@@ -58,6 +58,8 @@ pub enum BookError {
     Overloaded { inflight_max: usize },
     #[error("booking {txid} is still being resolved (a shard did not answer); retry with the same idempotency key")]
     StillInProgress { txid: Uuid },
+    #[error("mode SAGA is not available in this build yet; book with mode TWO_PHASE")]
+    SagaUnavailable,
     #[error("the decision log failed; the coordinator is stopping: {0}")]
     Log(#[from] LogError),
 }
@@ -105,6 +107,9 @@ impl Core {
     /// Books an itinerary: the entry point of `Coordinator.Book`.
     pub async fn book(self: &Arc<Self>, request: BookRequest) -> Result<BookReply, BookError> {
         validate::book_request(&request)?;
+        if request.mode == Mode::Saga as i32 {
+            return Err(BookError::SagaUnavailable);
+        }
         let timeout_ms = if request.timeout_ms == 0 { self.default_timeout_ms } else { request.timeout_ms };
         let timeout = Duration::from_millis(u64::from(timeout_ms));
         let _permit = self

@@ -1,1 +1,133 @@
-fn main() {}
+//! The participant binary: parse flags (and an optional TOML file), set up
+//! logging to stderr, bind the listener, run the library until SIGTERM or
+//! ctrl-c. Prints `listening on <ip:port>` to stdout once serving.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use participant::Settings;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "participant",
+    about = "One shard's participant in cross-shard seat bookings"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Participant gRPC service for one shard.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML file with the keys below in snake_case; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Shard name, e.g. s0.
+    #[arg(long)]
+    name: Option<String>,
+    /// Address to listen on, e.g. 127.0.0.1:7101 (port 0 picks one).
+    #[arg(long)]
+    listen: Option<String>,
+    /// sqlite:///abs/path/s0.db, sqlite:relative.db or postgres://...
+    #[arg(long)]
+    database: Option<String>,
+    /// Partition count P of the deployment.
+    #[arg(long)]
+    partitions: Option<u32>,
+    /// Partitions this shard owns, e.g. "0-21" or "0-7,12".
+    #[arg(long)]
+    owns: Option<String>,
+    /// Coordinator URL for resolving in-doubt txids, e.g. http://127.0.0.1:7000.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// How long a txid may stay prepared before the coordinator is asked (default 2000).
+    #[arg(long)]
+    in_doubt_after_ms: Option<u64>,
+    /// Writer tasks (default 1 for SQLite, 4 for PostgreSQL).
+    #[arg(long)]
+    writers: Option<usize>,
+}
+
+impl ServeArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let flags = Settings {
+            name: self.name.clone(),
+            listen: self.listen.clone(),
+            database: self.database.clone(),
+            partitions: self.partitions,
+            owns: self.owns.clone(),
+            coordinator: self.coordinator.clone(),
+            in_doubt_after_ms: self.in_doubt_after_ms,
+            writers: self.writers,
+        };
+        let Some(path) = &self.config else {
+            return Ok(flags);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config file {}", path.display()))?;
+        let file = Settings::from_toml(&text)
+            .with_context(|| format!("parse config file {}", path.display()))?;
+        Ok(flags.or(file))
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Serve(args) = Cli::parse().command;
+    let config = args
+        .settings()?
+        .resolve()
+        .context("check the participant configuration")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("bind {}", config.listen))?;
+    participant::run_with_ready(config.participant, listener, shutdown_signal(), announce)
+        .await
+        .context("run the participant")
+}
+
+/// The one stdout line tests wait for.
+fn announce(address: std::net::SocketAddr) {
+    let mut stdout = std::io::stdout().lock();
+    // If stdout is gone nobody is waiting for the line; keep serving.
+    let _ = writeln!(stdout, "listening on {address}").and_then(|()| stdout.flush());
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,409 @@
+//! Configuration: the raw settings a command line or a TOML file gives
+//! (`Settings`, every key optional) and the checked `Config` the participant
+//! runs with. This module owns the rules for each key and the defaults; it
+//! reads no files and binds no sockets (the binary does).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use booking_proto::limits::PARTITIONS_MAX;
+use booking_proto::routing::parse_partition_set;
+use serde::Deserialize;
+
+/// Most writer tasks a participant may run.
+pub const WRITERS_MAX: usize = 64;
+/// Longest shard name, in bytes.
+pub const SHARD_NAME_BYTES_MAX: usize = 64;
+/// Shortest in-doubt wait; below it the sweep would hammer the coordinator.
+pub const IN_DOUBT_AFTER_MS_MIN: u64 = 50;
+/// The in-doubt wait used when none is configured.
+pub const IN_DOUBT_AFTER_MS_DEFAULT: u64 = 2000;
+
+/// A configuration key that is missing or holds a bad value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key} is required (flag --{flag} or key {key} in the config file)")]
+    Missing {
+        key: &'static str,
+        flag: &'static str,
+    },
+    #[error("{key} = {value:?}: {problem}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        problem: String,
+    },
+    #[error("config file is not valid TOML for a participant: {0}")]
+    Toml(#[from] toml::de::Error),
+}
+
+/// The database engine behind a URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names, by its scheme.
+    pub fn of_url(url: &str) -> Result<Backend, ConfigError> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(invalid(
+                "database",
+                url,
+                "use sqlite:///abs/path.db, sqlite:relative.db or postgres://...",
+            ))
+        }
+    }
+
+    /// Writer tasks when none are configured: SQLite has one writer at a time.
+    pub fn writers_default(self) -> usize {
+        match self {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 4,
+        }
+    }
+}
+
+/// Settings as given, before checking: flags and the TOML file both fill
+/// one of these, and flags override the file (`Settings::or`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub name: Option<String>,
+    pub listen: Option<String>,
+    pub database: Option<String>,
+    pub partitions: Option<u32>,
+    pub owns: Option<String>,
+    pub coordinator: Option<String>,
+    pub in_doubt_after_ms: Option<u64>,
+    pub writers: Option<usize>,
+}
+
+/// Where to listen and how to run: the checked form of `Settings`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub participant: Config,
+}
+
+/// The checked configuration of one participant.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The shard's name, reported in every LegResult.
+    pub name: String,
+    pub database_url: String,
+    pub backend: Backend,
+    /// P in `partition_of(flight_id, P)`; 1..=PARTITIONS_MAX.
+    pub partitions: u32,
+    /// Partitions this shard owns; non-empty, each below `partitions`.
+    pub owned_partitions: BTreeSet<u32>,
+    /// Where to ask GetDecision for in-doubt txids; None leaves them waiting.
+    pub coordinator_url: Option<String>,
+    /// How long a txid may stay prepared before the sweep asks about it.
+    pub in_doubt_after: Duration,
+    /// Writer tasks (local transactions in flight at once); 1..=WRITERS_MAX.
+    pub writers: usize,
+}
+
+impl Settings {
+    /// Parses the TOML config file's text.
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// These settings, with every key left unset taken from `fallback`.
+    pub fn or(self, fallback: Settings) -> Settings {
+        Settings {
+            name: self.name.or(fallback.name),
+            listen: self.listen.or(fallback.listen),
+            database: self.database.or(fallback.database),
+            partitions: self.partitions.or(fallback.partitions),
+            owns: self.owns.or(fallback.owns),
+            coordinator: self.coordinator.or(fallback.coordinator),
+            in_doubt_after_ms: self.in_doubt_after_ms.or(fallback.in_doubt_after_ms),
+            writers: self.writers.or(fallback.writers),
+        }
+    }
+
+    /// Checks every key and fills in the defaults.
+    pub fn resolve(self) -> Result<ServeConfig, ConfigError> {
+        let listen_text = self.listen.ok_or(ConfigError::Missing {
+            key: "listen",
+            flag: "listen",
+        })?;
+        let listen = listen_text.parse().map_err(|_| {
+            invalid(
+                "listen",
+                &listen_text,
+                "must be an ip:port such as 127.0.0.1:7101",
+            )
+        })?;
+        let name = check_name(self.name.ok_or(ConfigError::Missing {
+            key: "name",
+            flag: "name",
+        })?)?;
+        let database_url = self.database.ok_or(ConfigError::Missing {
+            key: "database",
+            flag: "database",
+        })?;
+        let backend = Backend::of_url(&database_url)?;
+        let partitions = check_partitions(self.partitions)?;
+        let owns = self.owns.ok_or(ConfigError::Missing {
+            key: "owns",
+            flag: "owns",
+        })?;
+        let participant = Config {
+            name,
+            database_url,
+            backend,
+            partitions,
+            owned_partitions: check_owns(&owns, partitions)?,
+            coordinator_url: self.coordinator.map(check_coordinator).transpose()?,
+            in_doubt_after: check_in_doubt_after(self.in_doubt_after_ms)?,
+            writers: check_writers(self.writers.unwrap_or(backend.writers_default()))?,
+        };
+        Ok(ServeConfig {
+            listen,
+            participant,
+        })
+    }
+}
+
+impl Config {
+    /// A configuration with defaults for the optional keys, for tests and
+    /// embedding: owns every partition, no coordinator.
+    pub fn new(name: &str, database_url: &str, partitions: u32) -> Result<Config, ConfigError> {
+        let backend = Backend::of_url(database_url)?;
+        Ok(Config {
+            name: check_name(name.to_string())?,
+            database_url: database_url.to_string(),
+            backend,
+            partitions: check_partitions(Some(partitions))?,
+            owned_partitions: (0..partitions).collect(),
+            coordinator_url: None,
+            in_doubt_after: Duration::from_millis(IN_DOUBT_AFTER_MS_DEFAULT),
+            writers: backend.writers_default(),
+        })
+    }
+}
+
+fn invalid(key: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        problem: problem.into(),
+    }
+}
+
+fn check_name(name: String) -> Result<String, ConfigError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if name.is_empty() || name.len() > SHARD_NAME_BYTES_MAX || !name.chars().all(allowed) {
+        return Err(invalid(
+            "name",
+            &name,
+            format!(
+                "must be 1..={SHARD_NAME_BYTES_MAX} characters of A-Z, a-z, 0-9, '-', '_', e.g. s0"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+fn check_partitions(partitions: Option<u32>) -> Result<u32, ConfigError> {
+    let partitions = partitions.ok_or(ConfigError::Missing {
+        key: "partitions",
+        flag: "partitions",
+    })?;
+    if partitions == 0 || partitions > PARTITIONS_MAX {
+        return Err(invalid(
+            "partitions",
+            &partitions.to_string(),
+            format!("must be 1..={PARTITIONS_MAX}"),
+        ));
+    }
+    Ok(partitions)
+}
+
+fn check_owns(spec: &str, partitions: u32) -> Result<BTreeSet<u32>, ConfigError> {
+    let owned =
+        parse_partition_set(spec, partitions).map_err(|problem| invalid("owns", spec, problem))?;
+    if owned.is_empty() {
+        return Err(invalid(
+            "owns",
+            spec,
+            "names no partition; give ranges such as \"0-21\"",
+        ));
+    }
+    Ok(owned.into_iter().collect())
+}
+
+fn check_coordinator(url: String) -> Result<String, ConfigError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(invalid(
+            "coordinator",
+            &url,
+            "must be a URL such as http://127.0.0.1:7000",
+        ));
+    }
+    Ok(url)
+}
+
+fn check_in_doubt_after(ms: Option<u64>) -> Result<Duration, ConfigError> {
+    let ms = ms.unwrap_or(IN_DOUBT_AFTER_MS_DEFAULT);
+    if ms < IN_DOUBT_AFTER_MS_MIN {
+        return Err(invalid(
+            "in_doubt_after_ms",
+            &ms.to_string(),
+            format!("must be at least {IN_DOUBT_AFTER_MS_MIN}"),
+        ));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn check_writers(writers: usize) -> Result<usize, ConfigError> {
+    if writers == 0 || writers > WRITERS_MAX {
+        return Err(invalid(
+            "writers",
+            &writers.to_string(),
+            format!("must be 1..={WRITERS_MAX}"),
+        ));
+    }
+    Ok(writers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> Settings {
+        Settings {
+            name: Some("s0".into()),
+            listen: Some("127.0.0.1:0".into()),
+            database: Some("sqlite:s0.db".into()),
+            partitions: Some(64),
+            owns: Some("0-21".into()),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn defaults_depend_on_the_backend() {
+        let config = full()
+            .resolve()
+            .expect("full settings are valid")
+            .participant;
+        assert_eq!(config.writers, 1);
+        assert_eq!(config.owned_partitions.len(), 22);
+        assert_eq!(config.in_doubt_after, Duration::from_millis(2000));
+        let pg = Settings {
+            database: Some("postgres://u@h/db".into()),
+            ..full()
+        };
+        assert_eq!(pg.resolve().expect("valid").participant.writers, 4);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = Settings::from_toml("name = \"file\"\nwriters = 2\nin_doubt_after_ms = 500\n")
+            .expect("valid toml");
+        let flags = Settings {
+            name: Some("flag".into()),
+            ..full()
+        };
+        let config = flags.or(file).resolve().expect("valid").participant;
+        assert_eq!(config.name, "flag");
+        assert_eq!(config.writers, 2);
+        assert_eq!(config.in_doubt_after, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: Vec<(Settings, &str)> = vec![
+            (
+                Settings {
+                    name: None,
+                    ..full()
+                },
+                "name",
+            ),
+            (
+                Settings {
+                    name: Some("s 0".into()),
+                    ..full()
+                },
+                "name",
+            ),
+            (
+                Settings {
+                    listen: Some("nowhere".into()),
+                    ..full()
+                },
+                "listen",
+            ),
+            (
+                Settings {
+                    database: Some("mysql://x".into()),
+                    ..full()
+                },
+                "database",
+            ),
+            (
+                Settings {
+                    partitions: Some(0),
+                    ..full()
+                },
+                "partitions",
+            ),
+            (
+                Settings {
+                    owns: Some("0-64".into()),
+                    ..full()
+                },
+                "owns",
+            ),
+            (
+                Settings {
+                    owns: Some("".into()),
+                    ..full()
+                },
+                "owns",
+            ),
+            (
+                Settings {
+                    coordinator: Some("127.0.0.1:7000".into()),
+                    ..full()
+                },
+                "coordinator",
+            ),
+            (
+                Settings {
+                    in_doubt_after_ms: Some(1),
+                    ..full()
+                },
+                "in_doubt_after_ms",
+            ),
+            (
+                Settings {
+                    writers: Some(0),
+                    ..full()
+                },
+                "writers",
+            ),
+        ];
+        for (settings, key) in cases {
+            let err = settings.resolve().expect_err(key).to_string();
+            assert!(err.starts_with(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        assert!(Settings::from_toml("nmae = \"s0\"").is_err());
+    }
+}

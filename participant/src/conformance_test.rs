@@ -1,0 +1,989 @@
+//! The participant's conformance suite: every row of the RPC semantics,
+//! driven through the gRPC handlers (validation, ownership, writer batching,
+//! store), with the tables then read directly as the invariant checker does.
+//!
+//! Each case is a function of a `Harness`; the macro at the end runs the
+//! suite on a temp SQLite file, and on PostgreSQL when
+//! `PARTICIPANT_TEST_POSTGRES_URL` names a database (otherwise those cases
+//! return at once, saying so on stderr). Cases use fresh txids and flight ids,
+//! so they can share one PostgreSQL database.
+
+use booking_proto::routing::partition_of;
+use booking_proto::v1::participant_server::Participant;
+use booking_proto::v1::{
+    AbortReason, CreateFlightRequest, DecisionRequest, GetFlightRequest, ListTxnsRequest,
+    PrepareRequest, ResolveRequest, ShardLeg, ShardTxnState, Vote,
+};
+use rand::Rng;
+use sqlx::Row;
+use tokio::task::JoinSet;
+use tonic::{Code, Request, Status};
+
+use crate::config::Config;
+use crate::op::{Op, Reply};
+use crate::service::ParticipantService;
+use crate::shard::Shard;
+use crate::store::Store;
+use crate::writer::Writers;
+
+/// P of the suite; the shard owns partition 0 only.
+const PARTITIONS: u32 = 2;
+
+pub(crate) struct Harness {
+    service: ParticipantService,
+    store: Store,
+    _tasks: JoinSet<Result<(), String>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Harness {
+    async fn sqlite() -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/s0.db", dir.path().display());
+        Harness::open(&url, Some(dir)).await
+    }
+
+    async fn postgres() -> Option<Harness> {
+        let Ok(url) = std::env::var("PARTICIPANT_TEST_POSTGRES_URL") else {
+            eprintln!("PARTICIPANT_TEST_POSTGRES_URL is not set: PostgreSQL case skipped");
+            return None;
+        };
+        Some(Harness::open(&url, None).await)
+    }
+
+    async fn open(url: &str, dir: Option<tempfile::TempDir>) -> Harness {
+        let mut config = Config::new("s0", url, PARTITIONS).expect("valid config");
+        config.owned_partitions = [0].into();
+        let store = Store::open(&config).await.expect("open store");
+        let mut tasks = JoinSet::new();
+        let writers = Writers::start(store.clone(), config.writers, &mut tasks);
+        let shard = Shard {
+            name: config.name.clone(),
+            partitions: PARTITIONS,
+            owned: config.owned_partitions.clone(),
+        };
+        let service = ParticipantService::new(shard, writers, store.clone());
+        Harness {
+            service,
+            store,
+            _tasks: tasks,
+            _dir: dir,
+        }
+    }
+
+    /// Creates a fresh flight this shard owns.
+    async fn flight(&self, rows: u32, letters: &str) -> String {
+        let id = flight_id_in(0);
+        let request = CreateFlightRequest {
+            flight_id: id.clone(),
+            rows,
+            letters: letters.into(),
+        };
+        self.service
+            .create_flight(Request::new(request))
+            .await
+            .expect("flight created");
+        id
+    }
+
+    async fn prepare(&self, txid: &str, legs: Vec<ShardLeg>) -> Result<Vote, Status> {
+        let itinerary_legs = legs.iter().map(|l| l.leg_index + 1).max().unwrap_or(0);
+        let request = PrepareRequest {
+            txid: txid.into(),
+            legs,
+            itinerary_legs,
+        };
+        self.service
+            .prepare(Request::new(request))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn book_local(&self, txid: &str, legs: Vec<ShardLeg>) -> Result<Vote, Status> {
+        let itinerary_legs = legs.iter().map(|l| l.leg_index + 1).max().unwrap_or(0);
+        let request = PrepareRequest {
+            txid: txid.into(),
+            legs,
+            itinerary_legs,
+        };
+        self.service
+            .book_local(Request::new(request))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn commit(&self, txid: &str) -> Result<ShardTxnState, Status> {
+        let reply = self
+            .service
+            .commit(Request::new(DecisionRequest { txid: txid.into() }))
+            .await?;
+        Ok(reply.into_inner().state())
+    }
+
+    async fn abort(&self, txid: &str) -> Result<ShardTxnState, Status> {
+        let reply = self
+            .service
+            .abort(Request::new(DecisionRequest { txid: txid.into() }))
+            .await?;
+        Ok(reply.into_inner().state())
+    }
+
+    async fn compensate(&self, txid: &str) -> Result<ShardTxnState, Status> {
+        let reply = self
+            .service
+            .compensate(Request::new(DecisionRequest { txid: txid.into() }))
+            .await?;
+        Ok(reply.into_inner().state())
+    }
+
+    /// (seat_no, state, txid, passenger) of every seat, in seat_index order.
+    async fn seats(
+        &self,
+        flight_id: &str,
+    ) -> Vec<(String, String, Option<String>, Option<String>)> {
+        let rows = sqlx::query(
+            "SELECT seat_no, state, txid, passenger FROM seats WHERE flight_id = $1 ORDER BY seat_index",
+        )
+        .bind(flight_id)
+        .fetch_all(self.store.pool())
+        .await
+        .expect("read seats");
+        rows.iter()
+            .map(|r| {
+                (
+                    r.get("seat_no"),
+                    r.get("state"),
+                    r.get("txid"),
+                    r.get("passenger"),
+                )
+            })
+            .collect()
+    }
+
+    /// Seat numbers of the flight in `state`.
+    async fn seats_in(&self, flight_id: &str, state: &str) -> Vec<String> {
+        self.seats(flight_id)
+            .await
+            .into_iter()
+            .filter(|s| s.1 == state)
+            .map(|s| s.0)
+            .collect()
+    }
+
+    /// (state, kind, itinerary_legs, legs, refusal) of the txid's row.
+    async fn txn(&self, txid: &str) -> Option<(String, String, i64, String, Option<String>)> {
+        let row = sqlx::query(
+            "SELECT state, kind, itinerary_legs, legs, refusal FROM txns WHERE txid = $1",
+        )
+        .bind(txid)
+        .fetch_optional(self.store.pool())
+        .await
+        .expect("read txns");
+        row.map(|r| {
+            (
+                r.get("state"),
+                r.get("kind"),
+                r.get("itinerary_legs"),
+                r.get("legs"),
+                r.get("refusal"),
+            )
+        })
+    }
+}
+
+/// A fresh flight id in `partition`.
+fn flight_id_in(partition: u32) -> String {
+    let mut rng = rand::thread_rng();
+    loop {
+        let id = format!("T{:08X}", rng.gen::<u32>());
+        if partition_of(&id, PARTITIONS) == partition {
+            return id;
+        }
+    }
+}
+
+fn new_txid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn count_leg(leg_index: u32, flight_id: &str, seat_count: u32) -> ShardLeg {
+    ShardLeg {
+        leg_index,
+        flight_id: flight_id.into(),
+        seat_count,
+        ..Default::default()
+    }
+}
+
+fn named_leg(leg_index: u32, flight_id: &str, seats: &[&str]) -> ShardLeg {
+    ShardLeg {
+        leg_index,
+        flight_id: flight_id.into(),
+        seats: seats.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn yes_seats(vote: &Vote) -> Vec<Vec<String>> {
+    assert!(vote.yes, "expected YES, got {vote:?}");
+    vote.legs.iter().map(|leg| leg.seats.clone()).collect()
+}
+
+fn refusal(vote: &Vote) -> (AbortReason, u32, String, String) {
+    assert!(
+        !vote.yes && vote.legs.is_empty(),
+        "expected NO, got {vote:?}"
+    );
+    let detail = vote.refusal.clone().expect("a NO carries its reason");
+    (
+        detail.reason(),
+        detail.leg_index,
+        detail.flight_id,
+        detail.message,
+    )
+}
+
+// DESIGN "Two-phase commit" 1 and 5: prepare holds durably, commit books.
+async fn prepare_then_commit_books_the_held_seats(h: &Harness) {
+    let flight = h.flight(2, "AB").await;
+    let txid = new_txid();
+    let mut leg = count_leg(1, &flight, 2);
+    leg.passengers = vec!["Ada".into(), "Bob".into()];
+    let vote = h.prepare(&txid, vec![leg]).await.expect("prepare");
+    assert_eq!(yes_seats(&vote), vec![vec!["1A", "1B"]]);
+    assert_eq!(
+        (vote.legs[0].leg_index, vote.legs[0].shard.as_str()),
+        (1, "s0")
+    );
+    let seats = h.seats(&flight).await;
+    assert_eq!(
+        seats[0],
+        (
+            "1A".into(),
+            "held".into(),
+            Some(txid.clone()),
+            Some("Ada".into())
+        )
+    );
+    assert_eq!(
+        seats[1],
+        (
+            "1B".into(),
+            "held".into(),
+            Some(txid.clone()),
+            Some("Bob".into())
+        )
+    );
+    let legs_json = format!(r#"[{{"leg_index":1,"flight_id":"{flight}","seats":["1A","1B"]}}]"#);
+    assert_eq!(
+        h.txn(&txid).await,
+        Some(("prepared".into(), "2pc".into(), 2, legs_json.clone(), None))
+    );
+
+    assert_eq!(
+        h.commit(&txid).await.expect("commit"),
+        ShardTxnState::ShardCommitted
+    );
+    assert_eq!(h.seats_in(&flight, "booked").await, vec!["1A", "1B"]);
+    assert_eq!(
+        h.txn(&txid).await,
+        Some(("committed".into(), "2pc".into(), 2, legs_json, None))
+    );
+    assert_eq!(
+        h.commit(&txid).await.expect("repeated commit"),
+        ShardTxnState::ShardCommitted
+    );
+    let again = h
+        .prepare(&txid, vec![count_leg(1, &flight, 2)])
+        .await
+        .expect("late prepare");
+    assert_eq!(
+        yes_seats(&again),
+        vec![vec!["1A", "1B"]],
+        "a late PREPARE of a committed txid gets the same YES"
+    );
+}
+
+// DESIGN "Who may decide what": an ABORT releases the holds; a late PREPARE is fenced.
+async fn prepare_then_abort_releases_the_seats(h: &Harness) {
+    let flight = h.flight(2, "AB").await;
+    let txid = new_txid();
+    h.prepare(&txid, vec![count_leg(0, &flight, 3)])
+        .await
+        .expect("prepare");
+    assert_eq!(
+        h.abort(&txid).await.expect("abort"),
+        ShardTxnState::ShardAborted
+    );
+    assert!(h
+        .seats(&flight)
+        .await
+        .iter()
+        .all(|s| s.1 == "free" && s.2.is_none() && s.3.is_none()));
+    assert_eq!(h.txn(&txid).await.expect("row").0, "aborted");
+    assert_eq!(
+        h.abort(&txid).await.expect("repeated abort"),
+        ShardTxnState::ShardAborted
+    );
+    let late = h
+        .prepare(&txid, vec![count_leg(0, &flight, 3)])
+        .await
+        .expect("late prepare");
+    assert_eq!(refusal(&late).0, AbortReason::Fenced);
+    assert_eq!(h.seats_in(&flight, "free").await.len(), 4);
+}
+
+// DESIGN "Fences": an ABORT before the PREPARE is recorded; the PREPARE is refused.
+async fn abort_before_prepare_fences_the_txid(h: &Harness) {
+    let flight = h.flight(2, "AB").await;
+    let txid = new_txid();
+    assert_eq!(
+        h.abort(&txid).await.expect("abort"),
+        ShardTxnState::ShardAborted
+    );
+    assert_eq!(
+        h.txn(&txid).await,
+        Some(("aborted".into(), "2pc".into(), 0, "[]".into(), None))
+    );
+    let late = h
+        .prepare(&txid, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("late prepare");
+    let (reason, leg_index, flight_id, message) = refusal(&late);
+    assert_eq!(
+        (reason, leg_index, flight_id),
+        (AbortReason::Fenced, 0, flight.clone())
+    );
+    assert!(message.contains(&txid), "{message}");
+    assert_eq!(
+        h.seats_in(&flight, "free").await.len(),
+        4,
+        "a fenced PREPARE holds nothing"
+    );
+}
+
+// DESIGN "Every message is idempotent": a repeated PREPARE returns the same vote.
+async fn repeated_prepare_returns_the_same_vote(h: &Harness) {
+    let flight = h.flight(2, "AB").await;
+    let (yes, no) = (new_txid(), new_txid());
+    let first = h
+        .prepare(&yes, vec![count_leg(0, &flight, 2)])
+        .await
+        .expect("prepare");
+    let again = h
+        .prepare(&yes, vec![count_leg(0, &flight, 2)])
+        .await
+        .expect("repeat");
+    assert_eq!(first, again);
+    assert_eq!(
+        h.seats_in(&flight, "held").await.len(),
+        2,
+        "the repeat held nothing more"
+    );
+    let first_no = h
+        .prepare(&no, vec![count_leg(0, &flight, 3)])
+        .await
+        .expect("prepare");
+    h.abort(&yes).await.expect("abort frees seats");
+    let again_no = h
+        .prepare(&no, vec![count_leg(0, &flight, 3)])
+        .await
+        .expect("repeat");
+    assert_eq!(
+        first_no, again_no,
+        "a NO stays NO, with its reason, even once seats are free"
+    );
+    assert_eq!(refusal(&again_no).0, AbortReason::SoldOut);
+}
+
+// DESIGN "Fences": a COMMIT for an aborted txid is a loud error, never applied.
+async fn commit_after_abort_is_a_protocol_violation(h: &Harness) {
+    let flight = h.flight(2, "AB").await;
+    let txid = new_txid();
+    h.prepare(&txid, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("prepare");
+    h.abort(&txid).await.expect("abort");
+    let err = h.commit(&txid).await.expect_err("commit after abort");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        format!("protocol violation: COMMIT for aborted txid {txid}")
+    );
+    assert_eq!(h.seats_in(&flight, "free").await.len(), 4);
+    let unknown = new_txid();
+    let err = h.commit(&unknown).await.expect_err("commit of unknown");
+    assert_eq!(
+        err.message(),
+        format!("protocol violation: COMMIT for unknown txid {unknown}")
+    );
+    assert_eq!(
+        h.txn(&unknown).await,
+        None,
+        "a refused COMMIT writes nothing"
+    );
+    let committed = new_txid();
+    h.prepare(&committed, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("prepare");
+    h.commit(&committed).await.expect("commit");
+    let err = h.abort(&committed).await.expect_err("abort after commit");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(h.seats_in(&flight, "booked").await, vec!["1A"]);
+}
+
+// DESIGN "Two-phase commit" 1: if it cannot, it votes NO and keeps nothing.
+async fn sold_out_leaves_nothing_held(h: &Harness) {
+    let (roomy, full) = (h.flight(3, "AB").await, h.flight(1, "AB").await);
+    let txid = new_txid();
+    let vote = h
+        .prepare(&txid, vec![count_leg(0, &roomy, 2), count_leg(1, &full, 3)])
+        .await
+        .expect("prepare");
+    let (reason, leg_index, flight_id, message) = refusal(&vote);
+    assert_eq!(
+        (reason, leg_index, flight_id.as_str()),
+        (AbortReason::SoldOut, 1, full.as_str())
+    );
+    assert_eq!(
+        message,
+        format!("flight {full} has 2 free seats, leg asks for 3")
+    );
+    assert!(
+        h.seats_in(&roomy, "held").await.is_empty(),
+        "the first leg's seats were not held"
+    );
+    let (state, kind, itinerary_legs, legs, stored) = h.txn(&txid).await.expect("a NO is recorded");
+    assert_eq!(
+        (state.as_str(), kind.as_str(), itinerary_legs, legs.as_str()),
+        ("aborted", "2pc", 0, "[]")
+    );
+    assert!(stored
+        .expect("refusal JSON")
+        .contains(r#""reason":"SOLD_OUT""#));
+}
+
+// Explicit seats: exactly those, in the order asked.
+async fn explicit_seats_are_held_as_named(h: &Harness) {
+    let flight = h.flight(3, "ABC").await;
+    let txid = new_txid();
+    let vote = h
+        .prepare(&txid, vec![named_leg(0, &flight, &["3C", "1B"])])
+        .await
+        .expect("prepare");
+    assert_eq!(yes_seats(&vote), vec![vec!["3C", "1B"]]);
+    assert_eq!(h.seats_in(&flight, "held").await, vec!["1B", "3C"]);
+}
+
+async fn a_taken_or_missing_seat_is_refused(h: &Harness) {
+    let flight = h.flight(30, "ABCDEF").await;
+    let first = new_txid();
+    h.prepare(&first, vec![named_leg(0, &flight, &["1A"])])
+        .await
+        .expect("prepare");
+    let vote = h
+        .prepare(&new_txid(), vec![named_leg(0, &flight, &["2A", "1A"])])
+        .await
+        .expect("prepare");
+    let (reason, _, _, message) = refusal(&vote);
+    assert_eq!(reason, AbortReason::SeatTaken);
+    assert!(message.contains("seat 1A"), "{message}");
+    let vote = h
+        .prepare(&new_txid(), vec![named_leg(0, &flight, &["40K"])])
+        .await
+        .expect("prepare");
+    let (reason, _, _, message) = refusal(&vote);
+    assert_eq!(reason, AbortReason::SeatTaken);
+    assert_eq!(
+        message,
+        format!("seat 40K does not exist on flight {flight} (rows 1-30, letters ABCDEF)")
+    );
+    assert_eq!(
+        h.seats_in(&flight, "held").await,
+        vec!["1A"],
+        "2A was not held by the refused vote"
+    );
+}
+
+async fn an_unknown_flight_is_a_no_vote(h: &Harness) {
+    let missing = flight_id_in(0);
+    let vote = h
+        .prepare(&new_txid(), vec![count_leg(0, &missing, 1)])
+        .await
+        .expect("prepare");
+    let (reason, _, flight_id, _) = refusal(&vote);
+    assert_eq!((reason, flight_id), (AbortReason::UnknownFlight, missing));
+}
+
+// DESIGN "Single-shard itineraries skip the protocol": one local commit, idempotent by txid.
+async fn book_local_is_idempotent(h: &Harness) {
+    let flight = h.flight(2, "AB").await;
+    let txid = new_txid();
+    let vote = h
+        .book_local(&txid, vec![count_leg(0, &flight, 2)])
+        .await
+        .expect("book");
+    assert_eq!(yes_seats(&vote), vec![vec!["1A", "1B"]]);
+    assert_eq!(h.seats_in(&flight, "booked").await, vec!["1A", "1B"]);
+    assert_eq!(h.txn(&txid).await.expect("row").0, "committed");
+    assert_eq!(h.txn(&txid).await.expect("row").1, "local");
+    assert_eq!(
+        h.book_local(&txid, vec![count_leg(0, &flight, 2)])
+            .await
+            .expect("repeat"),
+        vote
+    );
+    assert_eq!(h.seats_in(&flight, "booked").await.len(), 2);
+    assert_eq!(
+        h.commit(&txid)
+            .await
+            .expect_err("commit of a local txid")
+            .code(),
+        Code::FailedPrecondition
+    );
+    let prepared = new_txid();
+    h.prepare(&prepared, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("prepare");
+    let err = h
+        .book_local(&prepared, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect_err("book_local of prepared");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let no = new_txid();
+    let first = h
+        .book_local(&no, vec![count_leg(0, &flight, 5)])
+        .await
+        .expect("book");
+    assert_eq!(refusal(&first).0, AbortReason::SoldOut);
+    assert_eq!(
+        h.book_local(&no, vec![count_leg(0, &flight, 5)])
+            .await
+            .expect("repeat"),
+        first
+    );
+}
+
+// DESIGN "Recovery after a coordinator crash": Resolve fences an unknown txid first.
+async fn resolve_fences_an_unknown_txid(h: &Harness) {
+    let flight = h.flight(2, "AB").await;
+    let unknown = new_txid();
+    let reply = h
+        .service
+        .resolve(Request::new(ResolveRequest {
+            txid: unknown.clone(),
+        }))
+        .await
+        .expect("resolve");
+    assert_eq!(reply.get_ref().state(), ShardTxnState::ShardAborted);
+    assert_eq!(
+        h.txn(&unknown).await,
+        Some(("aborted".into(), "local".into(), 0, "[]".into(), None))
+    );
+    let late = h
+        .book_local(&unknown, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("late book");
+    assert_eq!(refusal(&late).0, AbortReason::Fenced);
+    let booked = new_txid();
+    h.book_local(&booked, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("book");
+    let reply = h
+        .service
+        .resolve(Request::new(ResolveRequest { txid: booked }))
+        .await
+        .expect("resolve")
+        .into_inner();
+    assert_eq!(
+        (reply.state(), reply.legs[0].seats.clone()),
+        (ShardTxnState::ShardCommitted, vec!["1A".to_string()])
+    );
+    let refused = new_txid();
+    h.book_local(&refused, vec![count_leg(0, &flight, 9)])
+        .await
+        .expect("book");
+    let reply = h
+        .service
+        .resolve(Request::new(ResolveRequest { txid: refused }))
+        .await
+        .expect("resolve")
+        .into_inner();
+    assert_eq!(
+        reply.refusal.expect("the NO vote's reason").reason(),
+        AbortReason::SoldOut
+    );
+}
+
+// DESIGN "Saga mode": compensation is idempotent and fences a booking that never arrived.
+async fn compensate_releases_and_fences_a_late_booking(h: &Harness) {
+    let flight = h.flight(2, "AB").await;
+    let booked = new_txid();
+    h.book_local(&booked, vec![count_leg(0, &flight, 2)])
+        .await
+        .expect("book");
+    assert_eq!(
+        h.compensate(&booked).await.expect("compensate"),
+        ShardTxnState::ShardAborted
+    );
+    assert_eq!(h.seats_in(&flight, "free").await.len(), 4);
+    assert_eq!(
+        h.compensate(&booked).await.expect("repeat"),
+        ShardTxnState::ShardAborted
+    );
+    let early = new_txid();
+    assert_eq!(
+        h.compensate(&early).await.expect("compensate first"),
+        ShardTxnState::ShardAborted
+    );
+    let late = h
+        .book_local(&early, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("late book");
+    assert_eq!(refusal(&late).0, AbortReason::Fenced);
+    assert_eq!(h.seats_in(&flight, "free").await.len(), 4);
+    let prepared = new_txid();
+    h.prepare(&prepared, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("prepare");
+    assert_eq!(
+        h.compensate(&prepared)
+            .await
+            .expect_err("compensate prepared")
+            .code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(h.seats_in(&flight, "held").await.len(), 1);
+}
+
+// DESIGN "Routing": a participant refuses a leg for a flight it does not own.
+async fn a_flight_of_another_shard_is_refused(h: &Harness) {
+    let (mine, theirs) = (h.flight(2, "AB").await, flight_id_in(1));
+    let txid = new_txid();
+    let err = h
+        .prepare(
+            &txid,
+            vec![count_leg(0, &mine, 1), count_leg(1, &theirs, 1)],
+        )
+        .await
+        .expect_err("not owned");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        format!("flight {theirs} is in partition 1, which shard s0 does not own")
+    );
+    assert_eq!(h.txn(&txid).await, None, "nothing written");
+    assert!(h.seats_in(&mine, "held").await.is_empty());
+    let create = CreateFlightRequest {
+        flight_id: theirs,
+        rows: 1,
+        letters: "A".into(),
+    };
+    let err = h
+        .service
+        .create_flight(Request::new(create))
+        .await
+        .expect_err("not owned");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+async fn flights_are_created_once_and_read_back(h: &Harness) {
+    let flight = h.flight(2, "AB").await;
+    let same = CreateFlightRequest {
+        flight_id: flight.clone(),
+        rows: 2,
+        letters: "AB".into(),
+    };
+    h.prepare(&new_txid(), vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("prepare");
+    let again = h
+        .service
+        .create_flight(Request::new(same))
+        .await
+        .expect("idempotent")
+        .into_inner();
+    assert_eq!(
+        (again.capacity, again.free, again.held, again.booked),
+        (4, 3, 1, 0)
+    );
+    let other = CreateFlightRequest {
+        flight_id: flight.clone(),
+        rows: 3,
+        letters: "AB".into(),
+    };
+    let err = h
+        .service
+        .create_flight(Request::new(other))
+        .await
+        .expect_err("different map");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let read = GetFlightRequest {
+        flight_id: flight.clone(),
+        include_seats: true,
+    };
+    let inventory = h
+        .service
+        .get_flight(Request::new(read))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(inventory.seats.len(), 4);
+    assert_eq!(
+        (
+            inventory.seats[0].seat_no.as_str(),
+            inventory.seats[0].state.as_str()
+        ),
+        ("1A", "held")
+    );
+    let missing = GetFlightRequest {
+        flight_id: flight_id_in(0),
+        include_seats: false,
+    };
+    assert_eq!(
+        h.service
+            .get_flight(Request::new(missing))
+            .await
+            .expect_err("unknown")
+            .code(),
+        Code::NotFound
+    );
+    let seat_index: Vec<i64> =
+        sqlx::query_scalar("SELECT seat_index FROM seats WHERE flight_id = $1 ORDER BY seat_no")
+            .bind(&flight)
+            .fetch_all(h.store.pool())
+            .await
+            .expect("read");
+    assert_eq!(seat_index, vec![0, 1, 2, 3], "1A 1B 2A 2B are row-major");
+}
+
+async fn list_txns_shows_prepared_ones(h: &Harness) {
+    let flight = h.flight(2, "AB").await;
+    let (prepared, committed) = (new_txid(), new_txid());
+    h.prepare(&prepared, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("prepare");
+    h.book_local(&committed, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("book");
+    let only = ListTxnsRequest {
+        prepared_only: true,
+        limit: 1000,
+    };
+    let rows = h
+        .service
+        .list_txns(Request::new(only))
+        .await
+        .expect("list")
+        .into_inner()
+        .txns;
+    assert!(rows
+        .iter()
+        .any(|r| r.txid == prepared && r.state() == ShardTxnState::Prepared));
+    assert!(rows.iter().all(|r| r.state() == ShardTxnState::Prepared));
+    let all = ListTxnsRequest {
+        prepared_only: false,
+        limit: 2,
+    };
+    let rows = h
+        .service
+        .list_txns(Request::new(all))
+        .await
+        .expect("list")
+        .into_inner()
+        .txns;
+    assert_eq!(rows.len(), 2);
+}
+
+// DESIGN "Bad input and overload": clear statuses, nothing half-written.
+async fn bad_requests_are_refused_whole(h: &Harness) {
+    let flight = h.flight(2, "AB").await;
+    let err = h
+        .prepare("not-a-uuid", vec![count_leg(0, &flight, 1)])
+        .await
+        .expect_err("bad txid");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("txid:"), "{}", err.message());
+    let err = h
+        .prepare(&new_txid(), vec![count_leg(0, &flight, 0)])
+        .await
+        .expect_err("no seats");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = h.commit("").await.expect_err("empty txid");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut huge = count_leg(0, &flight, 1);
+    huge.passengers = vec!["x".repeat(1000); 100];
+    let err = h
+        .prepare(&new_txid(), vec![huge])
+        .await
+        .expect_err("oversized");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    let bad_map = CreateFlightRequest {
+        flight_id: flight_id_in(0),
+        rows: 0,
+        letters: "AB".into(),
+    };
+    assert_eq!(
+        h.service
+            .create_flight(Request::new(bad_map))
+            .await
+            .expect_err("rows 0")
+            .code(),
+        Code::InvalidArgument
+    );
+    assert!(h.seats(&flight).await.iter().all(|s| s.1 == "free"));
+}
+
+// DESIGN invariant 1 under concurrency: through the batching writers, no seat
+// is held twice and the flight is not oversold.
+async fn concurrent_prepares_never_oversell(h: &Harness) {
+    let flight = h.flight(10, "ABCDE").await;
+    let calls = (0..120).map(|i| {
+        let leg = if i % 3 == 0 {
+            named_leg(0, &flight, &["1A"])
+        } else {
+            count_leg(0, &flight, 1)
+        };
+        h.prepare_owned(new_txid(), vec![leg])
+    });
+    let votes = futures::future::join_all(calls).await;
+    let yes: Vec<String> = votes
+        .iter()
+        .map(|v| v.as_ref().expect("every call answered"))
+        .filter(|v| v.yes)
+        .flat_map(|v| v.legs[0].seats.clone())
+        .collect();
+    let mut distinct = yes.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), yes.len(), "a seat was granted twice");
+    assert_eq!(yes.len(), 50, "every seat sold, none oversold");
+    let held = h.seats_in(&flight, "held").await;
+    assert_eq!(held.len(), 50);
+}
+
+impl Harness {
+    async fn prepare_owned(&self, txid: String, legs: Vec<ShardLeg>) -> Result<Vote, Status> {
+        self.prepare(&txid, legs).await
+    }
+}
+
+/// The batch API directly: a NO op between two YES ops.
+async fn a_batch_with_a_no_in_the_middle_keeps_the_others(h: &Harness) {
+    let flight = h.flight(1, "AB").await;
+    let leg = |count| count_leg(0, &flight, count);
+    let booking = |count| {
+        let request = PrepareRequest {
+            txid: new_txid(),
+            legs: vec![leg(count)],
+            itinerary_legs: 1,
+        };
+        crate::request::Booking::try_from(request).expect("valid")
+    };
+    let (first, middle, last) = (booking(1), booking(5), booking(1));
+    let ops = [
+        Op::Prepare(first.clone()),
+        Op::Prepare(middle.clone()),
+        Op::BookLocal(last.clone()),
+    ];
+    let results = h.store.apply_batch(&ops).await.expect("batch");
+    assert!(
+        matches!(&results[0], Ok(Reply::Vote(crate::op::Vote::Yes(_)))),
+        "{:?}",
+        results[0]
+    );
+    assert!(
+        matches!(&results[1], Ok(Reply::Vote(crate::op::Vote::No(_)))),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        matches!(&results[2], Ok(Reply::Vote(crate::op::Vote::Yes(_)))),
+        "{:?}",
+        results[2]
+    );
+    let seats = h.seats(&flight).await;
+    assert_eq!(seats[0].2.as_deref(), Some(first.txid.as_str()));
+    assert_eq!(
+        (seats[1].1.as_str(), seats[1].2.as_deref()),
+        ("booked", Some(last.txid.as_str()))
+    );
+    assert_eq!(
+        h.txn(middle.txid.as_str()).await.expect("fenced").0,
+        "aborted"
+    );
+}
+
+// DESIGN "Inventory on a shard": an acknowledged local commit is on disk.
+async fn every_connection_commits_durably(h: &Harness) {
+    let mut conn = h.store.pool().acquire().await.expect("connection");
+    match h.store.backend() {
+        crate::config::Backend::Sqlite => {
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("pragma");
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("pragma");
+            assert_eq!(
+                (mode.as_str(), sync),
+                ("wal", 2),
+                "WAL with synchronous=FULL"
+            );
+        }
+        crate::config::Backend::Postgres => {
+            let sync: String = sqlx::query_scalar("SHOW synchronous_commit")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("show");
+            assert_eq!(sync, "on");
+        }
+    }
+}
+
+macro_rules! conformance_suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(&super::Harness::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    if let Some(harness) = super::Harness::postgres().await {
+                        super::$case(&harness).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance_suite!(
+    prepare_then_commit_books_the_held_seats,
+    prepare_then_abort_releases_the_seats,
+    abort_before_prepare_fences_the_txid,
+    repeated_prepare_returns_the_same_vote,
+    commit_after_abort_is_a_protocol_violation,
+    sold_out_leaves_nothing_held,
+    explicit_seats_are_held_as_named,
+    a_taken_or_missing_seat_is_refused,
+    an_unknown_flight_is_a_no_vote,
+    book_local_is_idempotent,
+    resolve_fences_an_unknown_txid,
+    compensate_releases_and_fences_a_late_booking,
+    a_flight_of_another_shard_is_refused,
+    flights_are_created_once_and_read_back,
+    list_txns_shows_prepared_ones,
+    bad_requests_are_refused_whole,
+    concurrent_prepares_never_oversell,
+    a_batch_with_a_no_in_the_middle_keeps_the_others,
+    every_connection_commits_durably,
+);

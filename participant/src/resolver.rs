@@ -1,0 +1,119 @@
+//! The in-doubt sweep. Every `in_doubt_after / 2` it lists the txids that
+//! have stayed prepared longer than `in_doubt_after`, asks the coordinator
+//! `GetDecision` for each, and applies COMMIT or ABORT through the writers
+//! like any other message. IN_PROGRESS, or a coordinator that does not
+//! answer, leaves the txid prepared: a participant that voted YES never
+//! releases its seats on its own.
+
+use std::time::Duration;
+
+use booking_proto::v1::coordinator_client::CoordinatorClient;
+use booking_proto::v1::{Decision, GetDecisionRequest};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::model::TxnId;
+use crate::op::Op;
+use crate::store::{now_ms, Store};
+use crate::writer::Writers;
+
+/// Most in-doubt txids asked about per sweep.
+const SWEEP_TXIDS_MAX: u32 = 1000;
+/// How long one GetDecision call may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Asks the coordinator about txids prepared for too long.
+#[derive(Debug)]
+pub struct InDoubtResolver {
+    store: Store,
+    writers: Writers,
+    coordinator: CoordinatorClient<Channel>,
+    in_doubt_after: Duration,
+}
+
+impl InDoubtResolver {
+    /// A resolver that connects to `coordinator_url` lazily, on first use.
+    pub fn new(
+        store: Store,
+        writers: Writers,
+        coordinator_url: &str,
+        in_doubt_after: Duration,
+    ) -> Result<InDoubtResolver, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(coordinator_url.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(ASK_TIMEOUT)
+            .connect_lazy();
+        Ok(InDoubtResolver {
+            store,
+            writers,
+            coordinator: CoordinatorClient::new(channel),
+            in_doubt_after,
+        })
+    }
+
+    /// Sweeps until `stop` is cancelled.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.in_doubt_after / 2);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => self.sweep().await,
+            }
+        }
+    }
+
+    /// One pass over the in-doubt txids; stops at the first unreachable answer.
+    pub async fn sweep(&self) {
+        let before_ms = now_ms() - self.in_doubt_after.as_millis() as i64;
+        let txids = match self.store.in_doubt(before_ms, SWEEP_TXIDS_MAX).await {
+            Ok(txids) => txids,
+            Err(err) => {
+                return warn!(error = %err, "in-doubt sweep could not read the prepared txids")
+            }
+        };
+        for txid in txids {
+            let span = info_span!("in_doubt", txid = %txid);
+            if !self.resolve(txid).instrument(span).await {
+                return;
+            }
+        }
+    }
+
+    /// Asks about one txid and applies the decision; false when the
+    /// coordinator did not answer (the rest of the sweep waits).
+    async fn resolve(&self, txid: TxnId) -> bool {
+        let request = GetDecisionRequest {
+            txid: txid.to_string(),
+        };
+        let decision = match self.coordinator.clone().get_decision(request).await {
+            Ok(reply) => reply.into_inner().decision(),
+            Err(status) => {
+                warn!(code = ?status.code(), message = status.message(), "coordinator did not answer GetDecision; txid stays prepared");
+                return false;
+            }
+        };
+        let op = match decision {
+            Decision::Commit => Op::Commit(txid),
+            Decision::Abort => Op::Abort(txid),
+            Decision::InProgress | Decision::Unspecified => {
+                info!(
+                    decision = decision.as_str_name(),
+                    "coordinator has not decided; txid stays prepared"
+                );
+                return true;
+            }
+        };
+        match self.writers.submit(op).await {
+            Ok(reply) => {
+                info!(decision = decision.as_str_name(), reply = ?reply, "in-doubt txid resolved")
+            }
+            Err(err) => {
+                warn!(decision = decision.as_str_name(), error = %err, "applying the coordinator's decision failed")
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,160 @@
+//! Running a participant: open the store (migrations), start the writer
+//! lanes and the in-doubt sweep, serve gRPC (Participant, Health,
+//! Reflection) on the given listener until the shutdown future resolves,
+//! then drain: stop accepting, let the writers finish their queues, close
+//! the pool. A critical task that stops early stops the process with an
+//! error.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use booking_proto::v1::participant_server::ParticipantServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::error::RunError;
+use crate::resolver::InDoubtResolver;
+use crate::service::ParticipantService;
+use crate::shard::Shard;
+use crate::store::Store;
+use crate::writer::Writers;
+
+/// Largest gRPC message tonic decodes; the contract's own limit
+/// (`MESSAGE_BYTES_MAX`) is checked per request, with a clearer message.
+pub const DECODING_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Background tasks whose early end stops the process.
+type CriticalTasks = JoinSet<Result<(), String>>;
+
+/// Runs the participant until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    run_with_ready(config, listener, shutdown, |_| {}).await
+}
+
+/// Like `run`; calls `ready` with the bound address once migrations are
+/// done and the service is about to serve (the binary prints it).
+pub async fn run_with_ready(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), RunError> {
+    let address = listener.local_addr().map_err(RunError::LocalAddr)?;
+    let store = Store::open(&config).await?;
+    info!(shard = %config.name, backend = ?config.backend, writers = config.writers, "shard database ready");
+    let stop = CancellationToken::new();
+    let mut tasks = CriticalTasks::new();
+    let writers = Writers::start(store.clone(), config.writers, &mut tasks);
+    start_resolver(&config, &store, &writers, &stop, &mut tasks)?;
+    let shard = Shard {
+        name: config.name.clone(),
+        partitions: config.partitions,
+        owned: config.owned_partitions.clone(),
+    };
+    let service = ParticipantService::new(shard, writers, store.clone());
+    let server = serve(service, listener, stop.clone()).await?;
+    ready(address);
+    info!(%address, "listening");
+    let outcome = wait(server, shutdown, &stop, &mut tasks).await;
+    drain(&mut tasks).await;
+    store.close().await;
+    info!("stopped");
+    outcome
+}
+
+fn start_resolver(
+    config: &Config,
+    store: &Store,
+    writers: &Writers,
+    stop: &CancellationToken,
+    tasks: &mut CriticalTasks,
+) -> Result<(), RunError> {
+    let Some(url) = &config.coordinator_url else {
+        warn!("no --coordinator: in-doubt txids wait for the coordinator to redrive them");
+        return Ok(());
+    };
+    let resolver =
+        InDoubtResolver::new(store.clone(), writers.clone(), url, config.in_doubt_after)?;
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        resolver.run(stop).await;
+        Ok(())
+    });
+    Ok(())
+}
+
+/// The gRPC server future: serves until `stop` is cancelled.
+async fn serve(
+    service: ParticipantService,
+    listener: TcpListener,
+    stop: CancellationToken,
+) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, RunError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ParticipantServer<ParticipantService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(booking_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let participant = ParticipantServer::new(service).max_decoding_message_size(DECODING_BYTES_MAX);
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(participant);
+    Ok(router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned()))
+}
+
+/// Waits for the shutdown signal, the server's end, or a critical task's.
+async fn wait(
+    server: impl Future<Output = Result<(), tonic::transport::Error>>,
+    shutdown: impl Future<Output = ()>,
+    stop: &CancellationToken,
+    tasks: &mut CriticalTasks,
+) -> Result<(), RunError> {
+    let mut server = std::pin::pin!(server);
+    let outcome = tokio::select! {
+        served = &mut server => served.map_err(RunError::from),
+        () = shutdown => {
+            info!("shutting down: no new requests, finishing queued writes");
+            Ok(())
+        }
+        Some(ended) = tasks.join_next() => Err(task_died(ended)),
+    };
+    stop.cancel();
+    // The server stops accepting, finishes the requests in flight, and drops
+    // the service: its writer queues close once the sweep has stopped too.
+    let served = server.await.map_err(RunError::from);
+    outcome.and(served)
+}
+
+/// Waits for the writers to finish their queues and the sweep to stop.
+async fn drain(tasks: &mut CriticalTasks) {
+    while let Some(ended) = tasks.join_next().await {
+        if let Err(err) = ended {
+            warn!(error = %err, "a background task failed while stopping");
+        }
+    }
+}
+
+fn task_died(ended: Result<Result<(), String>, tokio::task::JoinError>) -> RunError {
+    let reason = match ended {
+        Ok(Ok(())) => "it returned".to_string(),
+        Ok(Err(reason)) => reason,
+        Err(join) => join.to_string(),
+    };
+    RunError::TaskDied {
+        task: "writer lane or in-doubt sweep".into(),
+        reason,
+    }
+}

@@ -1,0 +1,150 @@
+//! Connecting: the database URL, the pool, the per-connection durability
+//! settings and the migrations. The backend differences of connecting live
+//! here: SQLite gets WAL (set once, it is persistent in the file),
+//! `synchronous=FULL` and a busy timeout on every connection; PostgreSQL gets
+//! `synchronous_commit=on` on every connection.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::AnyConnection;
+use sqlx::{AnyPool, Connection, Executor};
+
+use crate::config::{Backend, Config};
+use crate::error::StoreError;
+
+/// The shard schema, embedded in the binary.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Connections beyond the writers', for reads (admin calls, in-doubt sweep).
+const READ_CONNECTIONS: u32 = 4;
+/// How long a caller waits for a pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long SQLite waits on a locked database before SQLITE_BUSY.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
+
+/// Opens the pool; for SQLite, creates the file and turns on WAL first.
+pub async fn pool(config: &Config) -> Result<AnyPool, StoreError> {
+    sqlx::any::install_default_drivers();
+    let url = match config.backend {
+        Backend::Sqlite => sqlite_url(&config.database_url)?,
+        Backend::Postgres => config.database_url.clone(),
+    };
+    first_connection(&url, config.backend).await?;
+    let backend = config.backend;
+    let pool = AnyPoolOptions::new()
+        .max_connections(config.writers as u32 + READ_CONNECTIONS)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(move |conn, _meta| Box::pin(async move { configure(conn, backend).await }))
+        .connect(&url)
+        .await?;
+    Ok(pool)
+}
+
+/// Runs the migrations that have not run yet.
+pub async fn migrate(pool: &AnyPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// The durability settings every connection needs.
+async fn configure(conn: &mut AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
+    let statements: Vec<String> = match backend {
+        Backend::Sqlite => vec![
+            "PRAGMA synchronous = FULL".into(),
+            format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"),
+        ],
+        Backend::Postgres => vec!["SET synchronous_commit = on".into()],
+    };
+    for statement in statements {
+        conn.execute(statement.as_str()).await?;
+    }
+    Ok(())
+}
+
+/// One connection before the pool: its error says why the database cannot
+/// be reached (the pool would only time out). On SQLite it also turns on WAL
+/// mode, which stays on in the file for later connections.
+async fn first_connection(url: &str, backend: Backend) -> Result<(), StoreError> {
+    let mut conn = AnyConnection::connect(url).await?;
+    if backend == Backend::Sqlite {
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+            .fetch_one(&mut conn)
+            .await?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            let problem = format!("SQLite refused WAL mode (got {mode:?})");
+            return Err(StoreError::Url {
+                url: url.to_string(),
+                problem,
+            });
+        }
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// The sqlx URL of a SQLite file: `sqlite:///abs/path.db` or
+/// `sqlite:relative.db`, opened with `mode=rwc` (create if missing) unless
+/// the URL names a mode.
+pub fn sqlite_url(url: &str) -> Result<String, StoreError> {
+    let bad = |problem: &str| StoreError::Url {
+        url: url.to_string(),
+        problem: problem.to_string(),
+    };
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| bad("not a sqlite: URL"))?;
+    let (path, params) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || params.contains("mode=memory") {
+        return Err(bad(
+            "the participant needs a database file, e.g. sqlite:///var/lib/booking/s0.db",
+        ));
+    }
+    if let Some(parent) = Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        if !parent.is_dir() {
+            return Err(bad(&format!(
+                "directory {} does not exist; create it first",
+                parent.display()
+            )));
+        }
+    }
+    let params = match params {
+        "" => "mode=rwc".to_string(),
+        p if p.split('&').any(|kv| kv.starts_with("mode=")) => p.to_string(),
+        p => format!("{p}&mode=rwc"),
+    };
+    Ok(format!("sqlite://{path}?{params}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_create_the_file_unless_told_otherwise() {
+        assert_eq!(
+            sqlite_url("sqlite:///tmp/s0.db").expect("valid"),
+            "sqlite:///tmp/s0.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url("sqlite:s0.db").expect("valid"),
+            "sqlite://s0.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url("sqlite:s0.db?mode=ro").expect("valid"),
+            "sqlite://s0.db?mode=ro"
+        );
+        assert_eq!(
+            sqlite_url("sqlite:s0.db?cache=private").expect("valid"),
+            "sqlite://s0.db?cache=private&mode=rwc"
+        );
+        assert!(sqlite_url("sqlite::memory:").is_err());
+        assert!(sqlite_url("sqlite:///no/such/dir/s0.db").is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! The `flights` table: seat maps, and a flight's inventory (seat counts per
+//! state, checked against its capacity after reading).
+
+use sqlx::AnyConnection;
+use sqlx::Row;
+
+use super::{expect_rows, seats};
+use crate::error::StoreError;
+use crate::model::FlightMap;
+use crate::op::Inventory;
+
+/// The seat map of `flight_id`, if the flight exists.
+pub async fn find(
+    conn: &mut AnyConnection,
+    flight_id: &str,
+) -> Result<Option<FlightMap>, StoreError> {
+    let row = sqlx::query("SELECT seat_rows, letters, capacity FROM flights WHERE flight_id = $1")
+        .bind(flight_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let rows: i64 = row.try_get("seat_rows")?;
+    let capacity: i64 = row.try_get("capacity")?;
+    let map = FlightMap {
+        flight_id: flight_id.to_string(),
+        rows: u32::try_from(rows).map_err(|_| corrupt(flight_id, format!("seat_rows {rows}")))?,
+        letters: row.try_get("letters")?,
+    };
+    if map.letters.is_empty() || i64::from(map.capacity()) != capacity {
+        return Err(corrupt(
+            flight_id,
+            format!("capacity {capacity} does not match {}", map.describe()),
+        ));
+    }
+    Ok(Some(map))
+}
+
+/// Inserts the flight row (its seats are inserted by `seats::insert_map`).
+pub async fn insert(conn: &mut AnyConnection, map: &FlightMap) -> Result<(), StoreError> {
+    let result = sqlx::query(
+        "INSERT INTO flights (flight_id, seat_rows, letters, capacity) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(map.flight_id.as_str())
+    .bind(i64::from(map.rows))
+    .bind(map.letters.as_str())
+    .bind(i64::from(map.capacity()))
+    .execute(&mut *conn)
+    .await?;
+    expect_rows(result, 1, "INSERT flights", &map.flight_id)
+}
+
+/// Seat counts of the flight (and its seats if asked for).
+pub async fn inventory(
+    conn: &mut AnyConnection,
+    map: &FlightMap,
+    include_seats: bool,
+) -> Result<Inventory, StoreError> {
+    let counts = seats::counts(conn, &map.flight_id).await?;
+    let count = |state: &str| counts.get(state).copied().unwrap_or(0);
+    let (free, held, booked) = (count("free"), count("held"), count("booked"));
+    if free + held + booked != i64::from(map.capacity()) || counts.len() > 3 {
+        return Err(corrupt(
+            &map.flight_id,
+            format!("seat counts {counts:?} do not add up to {}", map.capacity()),
+        ));
+    }
+    let seats = if include_seats {
+        seats::rows(conn, &map.flight_id).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Inventory {
+        map: map.clone(),
+        free: free as u32,
+        held: held as u32,
+        booked: booked as u32,
+        seats,
+    })
+}
+
+fn corrupt(flight_id: &str, problem: String) -> StoreError {
+    StoreError::CorruptRow {
+        table: "flights",
+        key: flight_id.to_string(),
+        problem,
+    }
+}
