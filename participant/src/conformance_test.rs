@@ -3,10 +3,10 @@
 //! store), with the tables then read directly as the invariant checker does.
 //!
 //! Each case is a function of a `Harness`; the macro at the end runs the
-//! suite on a temp SQLite file, and on PostgreSQL when
-//! `PARTICIPANT_TEST_POSTGRES_URL` names a database (otherwise those cases
-//! return at once, saying so on stderr). Cases use fresh txids and flight ids,
-//! so they can share one PostgreSQL database.
+//! suite on a temp SQLite file (one test per case), and on PostgreSQL (one
+//! test running every case on a throwaway cluster, or on the database
+//! `PARTICIPANT_TEST_POSTGRES_URL` names). Cases use fresh txids and flight
+//! ids, so they can share one PostgreSQL database.
 
 use booking_proto::routing::partition_of;
 use booking_proto::v1::participant_server::Participant;
@@ -41,14 +41,6 @@ impl Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}/s0.db", dir.path().display());
         Harness::open(&url, Some(dir)).await
-    }
-
-    async fn postgres() -> Option<Harness> {
-        let Ok(url) = std::env::var("PARTICIPANT_TEST_POSTGRES_URL") else {
-            eprintln!("PARTICIPANT_TEST_POSTGRES_URL is not set: PostgreSQL case skipped");
-            return None;
-        };
-        Some(Harness::open(&url, None).await)
     }
 
     async fn open(url: &str, dir: Option<tempfile::TempDir>) -> Harness {
@@ -953,14 +945,24 @@ macro_rules! conformance_suite {
                 }
             )*
         }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    if let Some(harness) = super::Harness::postgres().await {
-                        super::$case(&harness).await;
-                    }
+        /// The whole suite on one throwaway PostgreSQL cluster (or the
+        /// database `PARTICIPANT_TEST_POSTGRES_URL` names). Without the
+        /// PostgreSQL server binaries this FAILS, saying what to install.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn postgres_conformance_suite() {
+            let (_cluster, url) = match std::env::var("PARTICIPANT_TEST_POSTGRES_URL") {
+                Ok(url) => (None, url),
+                Err(_) => {
+                    let cluster = booking_client::pg::PgCluster::start(1)
+                        .await
+                        .unwrap_or_else(|e| panic!("PostgreSQL conformance needs a server: {e}"));
+                    let url = cluster.database_url(0);
+                    (Some(cluster), url)
                 }
+            };
+            $(
+                eprintln!("postgres case: {}", stringify!($case));
+                $case(&Harness::open(&url, None).await).await;
             )*
         }
     };
