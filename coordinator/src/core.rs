@@ -346,20 +346,11 @@ impl Core {
 }
 
 fn new_txn(header: &TxnHeader) -> NewTxn {
-    NewTxn {
-        txid: header.txid,
-        key: header.key.clone(),
-        fingerprint: header.fingerprint,
-        mode: header.mode,
-        one_phase: header.one_phase,
-        shards: header.shards.clone(),
-        legs: header.legs.clone(),
-        begun_at_ms: now_ms(),
-    }
+    restored_txn(header, now_ms())
 }
 
 pub(crate) fn restored_txn(header: &TxnHeader, begun_at_ms: u64) -> NewTxn {
-    NewTxn { begun_at_ms, ..new_txn(header) }
+    NewTxn { header: header.clone(), begun_at_ms }
 }
 
 /// Waits for the reply of a transaction registered under a key.

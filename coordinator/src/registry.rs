@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use booking_proto::log_v1::LegSummary;
-use booking_proto::v1::{BookReply, Decision, LegRequest, Mode, Outcome, TransactionState, TransactionStatus};
+use booking_proto::v1::{BookReply, Decision, LegRequest, Outcome, TransactionState, TransactionStatus};
 use tokio::sync::watch;
 use uuid::Uuid;
+
+use crate::records::TxnHeader;
 
 /// Where a transaction is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,13 +24,7 @@ pub enum Phase {
 /// Everything known about one transaction.
 #[derive(Debug)]
 pub struct TxnEntry {
-    pub txid: Uuid,
-    pub key: String,
-    pub fingerprint: u64,
-    pub mode: Mode,
-    pub one_phase: bool,
-    pub shards: Vec<String>,
-    pub legs: Vec<LegSummary>,
+    pub header: TxnHeader,
     pub phase: Phase,
     /// Invariant: `reply.is_some()` iff `phase != InProgress`.
     pub reply: Option<BookReply>,
@@ -41,13 +37,7 @@ pub struct TxnEntry {
 
 /// A new transaction's identity, before it is registered.
 pub struct NewTxn {
-    pub txid: Uuid,
-    pub key: String,
-    pub fingerprint: u64,
-    pub mode: Mode,
-    pub one_phase: bool,
-    pub shards: Vec<String>,
-    pub legs: Vec<LegSummary>,
+    pub header: TxnHeader,
     pub begun_at_ms: u64,
 }
 
@@ -89,24 +79,24 @@ impl Registry {
     /// Registers `txn` under its key unless the key is already known.
     pub fn register(&self, txn: NewTxn) -> Registered {
         let mut inner = self.lock();
-        if let Some(txid) = inner.keys.get(&txn.key).copied() {
+        if let Some(txid) = inner.keys.get(&txn.header.key).copied() {
             let existing = &inner.txns[&txid];
-            if existing.fingerprint != txn.fingerprint {
+            if existing.header.fingerprint != txn.header.fingerprint {
                 return Registered::KeyReused { txid };
             }
             return Registered::Retry { txid, reply: existing.done.subscribe() };
         }
-        inner.keys.insert(txn.key.clone(), txn.txid);
-        inner.txns.insert(txn.txid, TxnEntry::from_new(txn));
+        inner.keys.insert(txn.header.key.clone(), txn.header.txid);
+        inner.txns.insert(txn.header.txid, TxnEntry::from_new(txn));
         Registered::New
     }
 
     /// Registers a transaction found in the log at start, whatever its phase.
     pub fn restore(&self, txn: NewTxn, reply: Option<BookReply>, ended: bool, decided_at_ms: u64) {
         let mut inner = self.lock();
-        let txid = txn.txid;
-        if !txn.key.is_empty() {
-            inner.keys.insert(txn.key.clone(), txid);
+        let txid = txn.header.txid;
+        if !txn.header.key.is_empty() {
+            inner.keys.insert(txn.header.key.clone(), txid);
         }
         let mut entry = TxnEntry::from_new(txn);
         if let Some(reply) = reply {
@@ -171,13 +161,7 @@ impl TxnEntry {
     fn from_new(txn: NewTxn) -> TxnEntry {
         let (done, _) = watch::channel(None);
         TxnEntry {
-            txid: txn.txid,
-            key: txn.key,
-            fingerprint: txn.fingerprint,
-            mode: txn.mode,
-            one_phase: txn.one_phase,
-            shards: txn.shards,
-            legs: txn.legs,
+            header: txn.header,
             phase: Phase::InProgress,
             reply: None,
             ended: false,
@@ -201,19 +185,20 @@ impl TxnEntry {
             Phase::Committed => TransactionState::TxnCommitted,
             Phase::Aborted => TransactionState::TxnAborted,
         };
+        let header = &self.header;
         TransactionStatus {
-            txid: self.txid.to_string(),
-            idempotency_key: self.key.clone(),
-            mode: self.mode as i32,
+            txid: header.txid.to_string(),
+            idempotency_key: header.key.clone(),
+            mode: header.mode as i32,
             state: state as i32,
             ended: self.ended,
-            shards: self.shards.clone(),
-            legs: self.legs.iter().map(leg_request).collect(),
+            shards: header.shards.clone(),
+            legs: header.legs.iter().map(leg_request).collect(),
             reply: self.reply.clone(),
             begun_at_unix_ms: self.begun_at_ms,
             decided_at_unix_ms: self.decided_at_ms,
             ended_at_unix_ms: self.ended_at_ms,
-            one_phase: self.one_phase,
+            one_phase: header.one_phase,
         }
     }
 }
