@@ -26,9 +26,15 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("parse config file {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("config: {0}")]
     Invalid(String),
 }
@@ -80,13 +86,19 @@ pub struct ShardConfig {
 
 impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let config: Config =
-            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
         config.shard_map()?;
         if config.inflight_max == 0 {
-            return Err(ConfigError::Invalid("inflight_max must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "inflight_max must be at least 1".into(),
+            ));
         }
         Ok(config)
     }
@@ -117,19 +129,27 @@ pub struct ShardMap {
 impl ShardMap {
     pub fn new(partitions: u32, shards: &[ShardConfig]) -> Result<ShardMap, ConfigError> {
         if partitions == 0 || partitions > PARTITIONS_MAX {
-            return Err(ConfigError::Invalid(format!("partitions must be 1..={PARTITIONS_MAX}")));
+            return Err(ConfigError::Invalid(format!(
+                "partitions must be 1..={PARTITIONS_MAX}"
+            )));
         }
         if shards.is_empty() {
-            return Err(ConfigError::Invalid("at least one [[shards]] entry is required".into()));
+            return Err(ConfigError::Invalid(
+                "at least one [[shards]] entry is required".into(),
+            ));
         }
         let mut names = HashSet::new();
         let mut owner: Vec<Option<usize>> = vec![None; partitions as usize];
         for (index, shard) in shards.iter().enumerate() {
             if shard.name.is_empty() || !names.insert(shard.name.as_str()) {
-                return Err(ConfigError::Invalid(format!("shard name {:?} is empty or repeated", shard.name)));
+                return Err(ConfigError::Invalid(format!(
+                    "shard name {:?} is empty or repeated",
+                    shard.name
+                )));
             }
-            let owned = parse_partition_set(&shard.partitions, partitions)
-                .map_err(|problem| ConfigError::Invalid(format!("shard {}: {problem}", shard.name)))?;
+            let owned = parse_partition_set(&shard.partitions, partitions).map_err(|problem| {
+                ConfigError::Invalid(format!("shard {}: {problem}", shard.name))
+            })?;
             for p in owned {
                 if let Some(other) = owner[p as usize].replace(index) {
                     return Err(ConfigError::Invalid(format!(
@@ -142,13 +162,22 @@ impl ShardMap {
         let owner = owner
             .into_iter()
             .enumerate()
-            .map(|(p, o)| o.ok_or_else(|| ConfigError::Invalid(format!("partition {p} has no shard"))))
+            .map(|(p, o)| {
+                o.ok_or_else(|| ConfigError::Invalid(format!("partition {p} has no shard")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let shards = shards
             .iter()
-            .map(|s| Shard { name: s.name.clone(), address: s.address.clone() })
+            .map(|s| Shard {
+                name: s.name.clone(),
+                address: s.address.clone(),
+            })
             .collect();
-        Ok(ShardMap { partitions, shards, owner })
+        Ok(ShardMap {
+            partitions,
+            shards,
+            owner,
+        })
     }
 
     pub fn partitions(&self) -> u32 {
@@ -175,16 +204,26 @@ mod tests {
     use super::*;
 
     fn shard(name: &str, partitions: &str) -> ShardConfig {
-        ShardConfig { name: name.into(), address: format!("http://{name}"), partitions: partitions.into() }
+        ShardConfig {
+            name: name.into(),
+            address: format!("http://{name}"),
+            partitions: partitions.into(),
+        }
     }
 
     #[test]
     fn every_partition_needs_exactly_one_owner() {
         assert!(ShardMap::new(8, &[shard("a", "0-3"), shard("b", "4-7")]).is_ok());
         let gap = ShardMap::new(8, &[shard("a", "0-3"), shard("b", "5-7")]).unwrap_err();
-        assert!(gap.to_string().contains("partition 4 has no shard"), "{gap}");
+        assert!(
+            gap.to_string().contains("partition 4 has no shard"),
+            "{gap}"
+        );
         let overlap = ShardMap::new(8, &[shard("a", "0-4"), shard("b", "4-7")]).unwrap_err();
-        assert!(overlap.to_string().contains("partition 4 is owned by both"), "{overlap}");
+        assert!(
+            overlap.to_string().contains("partition 4 is owned by both"),
+            "{overlap}"
+        );
         assert!(ShardMap::new(8, &[shard("a", "0-7"), shard("a", "")]).is_err());
     }
 

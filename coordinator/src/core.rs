@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use booking_proto::log_v1::LegSummary;
 use booking_proto::v1::{
-    AbortDetail, AbortReason, BookReply, BookRequest, LegResult, Mode, Outcome, PrepareRequest, ResolveReply,
-    ShardLeg, ShardTxnState, Vote,
+    AbortDetail, AbortReason, BookReply, BookRequest, LegResult, Mode, Outcome, PrepareRequest,
+    ResolveReply, ShardLeg, ShardTxnState, Vote,
 };
 use booking_proto::validate::{self, InvalidField};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -85,7 +85,11 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(config: &Config, log: DecisionLog, fatal: CancellationToken) -> anyhow::Result<Core> {
+    pub fn new(
+        config: &Config,
+        log: DecisionLog,
+        fatal: CancellationToken,
+    ) -> anyhow::Result<Core> {
         let map = config.shard_map()?;
         let shards = ShardClients::new(&map)?;
         Ok(Core {
@@ -110,19 +114,28 @@ impl Core {
         if request.mode == Mode::Saga as i32 {
             return Err(BookError::SagaUnavailable);
         }
-        let timeout_ms = if request.timeout_ms == 0 { self.default_timeout_ms } else { request.timeout_ms };
+        let timeout_ms = if request.timeout_ms == 0 {
+            self.default_timeout_ms
+        } else {
+            request.timeout_ms
+        };
         let timeout = Duration::from_millis(u64::from(timeout_ms));
         let _permit = self
             .admission
             .try_acquire()
-            .map_err(|_| BookError::Overloaded { inflight_max: self.inflight_max })?;
+            .map_err(|_| BookError::Overloaded {
+                inflight_max: self.inflight_max,
+            })?;
         let plan = self.plan(&request);
         let txid = plan.header.txid;
         match self.registry.register(new_txn(&plan.header)) {
             Registered::New => {}
             Registered::Retry { txid, reply } => return await_reply(txid, reply, timeout).await,
             Registered::KeyReused { txid } => {
-                return Err(BookError::KeyReused { key: request.idempotency_key, txid })
+                return Err(BookError::KeyReused {
+                    key: request.idempotency_key,
+                    txid,
+                })
             }
         }
         let span = tracing::info_span!("book", %txid, key = %request.idempotency_key);
@@ -160,7 +173,10 @@ impl Core {
                 passengers: leg.passengers.clone(),
             });
         }
-        let mut shards: Vec<String> = by_shard.keys().map(|s| self.shards.name(*s).to_string()).collect();
+        let mut shards: Vec<String> = by_shard
+            .keys()
+            .map(|s| self.shards.name(*s).to_string())
+            .collect();
         shards.sort();
         let header = TxnHeader {
             txid: Uuid::now_v7(),
@@ -171,16 +187,26 @@ impl Core {
             shards,
             legs,
         };
-        Plan { header, by_shard, itinerary_legs: request.legs.len() as u32 }
+        Plan {
+            header,
+            by_shard,
+            itinerary_legs: request.legs.len() as u32,
+        }
     }
 
-    async fn two_phase(self: &Arc<Self>, plan: Plan, timeout_ms: u32) -> Result<BookReply, BookError> {
+    async fn two_phase(
+        self: &Arc<Self>,
+        plan: Plan,
+        timeout_ms: u32,
+    ) -> Result<BookReply, BookError> {
         let header = &plan.header;
         self.log.append(header.begin(), Durability::Written).await?;
         let shards: Vec<usize> = plan.by_shard.keys().copied().collect();
         let decided = self.collect_votes(&plan, timeout_ms).await;
         let reply = reply_of(header, decided);
-        self.log.append(header.decision(&reply), Durability::Forced).await?;
+        self.log
+            .append(header.decision(&reply), Durability::Forced)
+            .await?;
         self.registry.decide(header.txid, reply.clone());
         let commit = reply.outcome == Outcome::Committed as i32;
         info!(outcome = if commit { "COMMIT" } else { "ABORT" }, "decided");
@@ -199,9 +225,18 @@ impl Core {
             .iter()
             .enumerate()
             .map(|(position, (shard, legs))| {
-                let request = PrepareRequest { txid: txid.clone(), legs: legs.clone(), itinerary_legs: plan.itinerary_legs };
+                let request = PrepareRequest {
+                    txid: txid.clone(),
+                    legs: legs.clone(),
+                    itinerary_legs: plan.itinerary_legs,
+                };
                 let timeout = deadline.saturating_duration_since(Instant::now());
-                async move { (position, self.shards.prepare(*shard, request, timeout).await) }
+                async move {
+                    (
+                        position,
+                        self.shards.prepare(*shard, request, timeout).await,
+                    )
+                }
             })
             .collect();
         loop {
@@ -221,11 +256,23 @@ impl Core {
         }
     }
 
-    async fn one_phase(self: &Arc<Self>, plan: Plan, timeout: Duration) -> Result<BookReply, BookError> {
+    async fn one_phase(
+        self: &Arc<Self>,
+        plan: Plan,
+        timeout: Duration,
+    ) -> Result<BookReply, BookError> {
         let header = plan.header.clone();
-        let (shard, legs) = plan.by_shard.into_iter().next().expect("one-phase means exactly one shard");
+        let (shard, legs) = plan
+            .by_shard
+            .into_iter()
+            .next()
+            .expect("one-phase means exactly one shard");
         self.log.append(header.begin(), Durability::Forced).await?;
-        let request = PrepareRequest { txid: header.txid.to_string(), legs, itinerary_legs: plan.itinerary_legs };
+        let request = PrepareRequest {
+            txid: header.txid.to_string(),
+            legs,
+            itinerary_legs: plan.itinerary_legs,
+        };
         match self.shards.book_local(shard, request, timeout).await {
             Ok(vote) => {
                 let reply = reply_of(&header, decided_of_vote(vote, &header));
@@ -242,12 +289,20 @@ impl Core {
     }
 
     fn registry_watch(&self, txid: Uuid) -> watch::Receiver<Option<BookReply>> {
-        self.registry.subscribe(txid).expect("a transaction being booked is registered")
+        self.registry
+            .subscribe(txid)
+            .expect("a transaction being booked is registered")
     }
 
     /// Logs a one-phase outcome (forced: the reply is final), then END.
-    async fn finish_one_phase(&self, header: &TxnHeader, reply: BookReply) -> Result<(), BookError> {
-        self.log.append(header.decision(&reply), Durability::Forced).await?;
+    async fn finish_one_phase(
+        &self,
+        header: &TxnHeader,
+        reply: BookReply,
+    ) -> Result<(), BookError> {
+        self.log
+            .append(header.decision(&reply), Durability::Forced)
+            .await?;
         self.registry.decide(header.txid, reply);
         self.log.append(header.end(), Durability::Written).await?;
         self.registry.end(header.txid);
@@ -263,7 +318,11 @@ impl Core {
             async move {
                 let mut backoff = Backoff::new();
                 loop {
-                    match core.shards.resolve(shard, header.txid.to_string(), PHASE_TWO_CALL_TIMEOUT).await {
+                    match core
+                        .shards
+                        .resolve(shard, header.txid.to_string(), PHASE_TWO_CALL_TIMEOUT)
+                        .await
+                    {
                         Ok(answer) => match resolved_reply(&header, answer, &cause) {
                             Some(reply) => {
                                 if let Err(error) = core.finish_one_phase(&header, reply).await {
@@ -272,7 +331,9 @@ impl Core {
                                 }
                                 return;
                             }
-                            None => error!("shard reports a one-phase txid as prepared: protocol violation"),
+                            None => error!(
+                                "shard reports a one-phase txid as prepared: protocol violation"
+                            ),
                         },
                         Err(error) => warn!(%error, "RESOLVE failed; retrying"),
                     }
@@ -285,14 +346,21 @@ impl Core {
 
     /// Phase 2: delivers the decision to every shard until each
     /// acknowledges, then writes END.
-    pub(crate) fn spawn_phase_two(self: &Arc<Self>, header: TxnHeader, commit: bool, shards: Vec<usize>) {
+    pub(crate) fn spawn_phase_two(
+        self: &Arc<Self>,
+        header: TxnHeader,
+        commit: bool,
+        shards: Vec<usize>,
+    ) {
         let core = Arc::clone(self);
         let span = tracing::info_span!("phase_two", txid = %header.txid, commit);
         tokio::spawn(
             async move {
                 let txid = header.txid.to_string();
                 let delivered = futures::future::join_all(
-                    shards.iter().map(|shard| core.deliver(&txid, commit, *shard)),
+                    shards
+                        .iter()
+                        .map(|shard| core.deliver(&txid, commit, *shard)),
                 )
                 .await;
                 if delivered.iter().all(|ok| *ok) {
@@ -312,9 +380,13 @@ impl Core {
         let mut backoff = Backoff::new();
         loop {
             let result = if commit {
-                self.shards.commit(shard, txid.to_string(), PHASE_TWO_CALL_TIMEOUT).await
+                self.shards
+                    .commit(shard, txid.to_string(), PHASE_TWO_CALL_TIMEOUT)
+                    .await
             } else {
-                self.shards.abort(shard, txid.to_string(), PHASE_TWO_CALL_TIMEOUT).await
+                self.shards
+                    .abort(shard, txid.to_string(), PHASE_TWO_CALL_TIMEOUT)
+                    .await
             };
             match result {
                 Ok(_) => return true,
@@ -350,7 +422,10 @@ fn new_txn(header: &TxnHeader) -> NewTxn {
 }
 
 pub(crate) fn restored_txn(header: &TxnHeader, begun_at_ms: u64) -> NewTxn {
-    NewTxn { header: header.clone(), begun_at_ms }
+    NewTxn {
+        header: header.clone(),
+        begun_at_ms,
+    }
 }
 
 /// Waits for the reply of a transaction registered under a key.
@@ -372,11 +447,17 @@ fn decided_of_vote(vote: Vote, header: &TxnHeader) -> Decided {
         legs.sort_by_key(|l| l.leg_index);
         return Decided::Commit(legs);
     }
-    Decided::Abort(vote.refusal.unwrap_or_else(|| AbortDetail {
-        reason: AbortReason::ShardUnavailable as i32,
-        leg_index: 0,
-        flight_id: header.legs.first().map(|l| l.flight_id.clone()).unwrap_or_default(),
-        message: "the shard voted NO without a reason".into(),
+    Decided::Abort(vote.refusal.unwrap_or_else(|| {
+        AbortDetail {
+            reason: AbortReason::ShardUnavailable as i32,
+            leg_index: 0,
+            flight_id: header
+                .legs
+                .first()
+                .map(|l| l.flight_id.clone())
+                .unwrap_or_default(),
+            message: "the shard voted NO without a reason".into(),
+        }
     }))
 }
 
@@ -385,7 +466,13 @@ pub(crate) fn reply_of(header: &TxnHeader, decided: Decided) -> BookReply {
         Decided::Commit(legs) => (Outcome::Committed, legs, None),
         Decided::Abort(detail) => (Outcome::Aborted, Vec::new(), Some(detail)),
     };
-    BookReply { txid: header.txid.to_string(), outcome: outcome as i32, legs, abort, mode: header.mode as i32 }
+    BookReply {
+        txid: header.txid.to_string(),
+        outcome: outcome as i32,
+        legs,
+        abort,
+        mode: header.mode as i32,
+    }
 }
 
 /// The reply for a one-phase txid whose outcome the shard reports, or None
@@ -403,7 +490,9 @@ fn resolved_reply(header: &TxnHeader, answer: ResolveReply, cause: &str) -> Opti
                 reason: AbortReason::ShardUnavailable as i32,
                 leg_index: first.map(|l| l.leg_index).unwrap_or(0),
                 flight_id: first.map(|l| l.flight_id.clone()).unwrap_or_default(),
-                message: format!("the shard did not answer ({cause}); the booking was fenced and aborted"),
+                message: format!(
+                    "the shard did not answer ({cause}); the booking was fenced and aborted"
+                ),
             }
         })),
         _ => return None,

@@ -39,9 +39,17 @@ pub struct VoteTally {
 
 impl VoteTally {
     pub fn new(legs: Vec<Vec<ShardLeg>>) -> VoteTally {
-        assert!(!legs.is_empty() && legs.iter().all(|l| !l.is_empty()), "every shard of a transaction has legs");
+        assert!(
+            !legs.is_empty() && legs.iter().all(|l| !l.is_empty()),
+            "every shard of a transaction has legs"
+        );
         let voted = vec![false; legs.len()];
-        VoteTally { legs, voted, held: Vec::new(), decided: false }
+        VoteTally {
+            legs,
+            voted,
+            held: Vec::new(),
+            decided: false,
+        }
     }
 
     /// Records shard `shard`'s vote; returns the decision once it is known.
@@ -52,7 +60,11 @@ impl VoteTally {
         match event {
             VoteEvent::Vote(vote) if vote.yes => self.on_yes(shard, vote.legs),
             VoteEvent::Vote(vote) => self.decide_abort(vote.refusal.unwrap_or_else(|| {
-                self.detail(shard, AbortReason::ShardUnavailable, "the shard voted NO without a reason".into())
+                self.detail(
+                    shard,
+                    AbortReason::ShardUnavailable,
+                    "the shard voted NO without a reason".into(),
+                )
             })),
             VoteEvent::Failed(message) => {
                 let detail = self.detail(shard, AbortReason::ShardUnavailable, message);
@@ -64,7 +76,11 @@ impl VoteTally {
     /// The deadline passed before every vote was in.
     pub fn on_deadline(&mut self, timeout_ms: u32) -> Decided {
         assert!(!self.decided, "the deadline fires only while undecided");
-        let waiting = self.voted.iter().position(|v| !v).expect("undecided means some vote is missing");
+        let waiting = self
+            .voted
+            .iter()
+            .position(|v| !v)
+            .expect("undecided means some vote is missing");
         let message = format!("no vote within the {timeout_ms} ms deadline");
         let detail = self.detail(waiting, AbortReason::Deadline, message);
         self.decide_abort(detail).expect("an abort decides")
@@ -96,7 +112,12 @@ impl VoteTally {
 
     fn detail(&self, shard: usize, reason: AbortReason, message: String) -> AbortDetail {
         let leg = &self.legs[shard][0];
-        AbortDetail { reason: reason as i32, leg_index: leg.leg_index, flight_id: leg.flight_id.clone(), message }
+        AbortDetail {
+            reason: reason as i32,
+            leg_index: leg.leg_index,
+            flight_id: leg.flight_id.clone(),
+            message,
+        }
     }
 }
 
@@ -114,13 +135,19 @@ impl TxnHistory {
             Ok(RecordKind::Begin | RecordKind::SagaBegin) => self.begin = Some(record),
             Ok(RecordKind::Commit | RecordKind::Abort) => {
                 if let Some(previous) = &self.decision {
-                    assert_eq!(previous.kind, record.kind, "a transaction has one decision, never two different ones");
+                    assert_eq!(
+                        previous.kind, record.kind,
+                        "a transaction has one decision, never two different ones"
+                    );
                 }
                 self.decision = Some(record);
             }
             Ok(RecordKind::End) => self.end = Some(record),
             Ok(RecordKind::Unspecified) | Err(_) => {
-                panic!("log record of unknown kind {} passed the version check", record.kind)
+                panic!(
+                    "log record of unknown kind {} passed the version check",
+                    record.kind
+                )
             }
         }
     }
@@ -157,7 +184,10 @@ pub fn recovery_case(history: &TxnHistory) -> RecoveryCase {
             RecoveryCase::RedriveAbort
         };
     }
-    let begin = history.begin.as_ref().expect("a history holds at least one record");
+    let begin = history
+        .begin
+        .as_ref()
+        .expect("a history holds at least one record");
     if begin.one_phase {
         RecoveryCase::ResolveOnePhase
     } else {
@@ -170,7 +200,12 @@ mod tests {
     use super::*;
 
     fn leg(index: u32, flight: &str) -> ShardLeg {
-        ShardLeg { leg_index: index, flight_id: flight.into(), seat_count: 1, ..Default::default() }
+        ShardLeg {
+            leg_index: index,
+            flight_id: flight.into(),
+            seat_count: 1,
+            ..Default::default()
+        }
     }
 
     fn yes(legs: &[(u32, &str)]) -> VoteEvent {
@@ -178,7 +213,11 @@ mod tests {
             yes: true,
             legs: legs
                 .iter()
-                .map(|(i, seat)| LegResult { leg_index: *i, seats: vec![seat.to_string()], ..Default::default() })
+                .map(|(i, seat)| LegResult {
+                    leg_index: *i,
+                    seats: vec![seat.to_string()],
+                    ..Default::default()
+                })
                 .collect(),
             refusal: None,
         })
@@ -202,15 +241,26 @@ mod tests {
     #[test]
     fn one_no_aborts_at_once_naming_the_leg() {
         let mut tally = tally();
-        let refusal = AbortDetail { reason: AbortReason::SoldOut as i32, leg_index: 1, flight_id: "B".into(), message: "full".into() };
-        let vote = VoteEvent::Vote(Vote { yes: false, legs: vec![], refusal: Some(refusal.clone()) });
+        let refusal = AbortDetail {
+            reason: AbortReason::SoldOut as i32,
+            leg_index: 1,
+            flight_id: "B".into(),
+            message: "full".into(),
+        };
+        let vote = VoteEvent::Vote(Vote {
+            yes: false,
+            legs: vec![],
+            refusal: Some(refusal.clone()),
+        });
         assert_eq!(tally.on_vote(1, vote), Some(Decided::Abort(refusal)));
     }
 
     #[test]
     fn a_failed_call_aborts_as_shard_unavailable() {
         let mut tally = tally();
-        let Some(Decided::Abort(detail)) = tally.on_vote(0, VoteEvent::Failed("connection refused".into())) else {
+        let Some(Decided::Abort(detail)) =
+            tally.on_vote(0, VoteEvent::Failed("connection refused".into()))
+        else {
             panic!("a failure must abort")
         };
         assert_eq!(detail.reason, AbortReason::ShardUnavailable as i32);
@@ -221,7 +271,9 @@ mod tests {
     fn the_deadline_names_a_shard_that_has_not_voted() {
         let mut tally = tally();
         assert_eq!(tally.on_vote(0, yes(&[(0, "1A"), (2, "1C")])), None);
-        let Decided::Abort(detail) = tally.on_deadline(50) else { panic!("deadline aborts") };
+        let Decided::Abort(detail) = tally.on_deadline(50) else {
+            panic!("deadline aborts")
+        };
         assert_eq!(detail.reason, AbortReason::Deadline as i32);
         assert_eq!(detail.flight_id, "B");
     }
@@ -229,12 +281,18 @@ mod tests {
     #[test]
     fn a_yes_vote_missing_a_leg_aborts() {
         let mut tally = tally();
-        let Some(Decided::Abort(detail)) = tally.on_vote(0, yes(&[(0, "1A")])) else { panic!("must abort") };
+        let Some(Decided::Abort(detail)) = tally.on_vote(0, yes(&[(0, "1A")])) else {
+            panic!("must abort")
+        };
         assert!(detail.message.contains("expected"), "{}", detail.message);
     }
 
     fn record(kind: RecordKind, one_phase: bool) -> LogRecord {
-        LogRecord { kind: kind as i32, one_phase, ..Default::default() }
+        LogRecord {
+            kind: kind as i32,
+            one_phase,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -248,14 +306,34 @@ mod tests {
         let cases = [
             (vec![record(Begin, false)], RecoveryCase::AbortUndecided),
             (vec![record(Begin, true)], RecoveryCase::ResolveOnePhase),
-            (vec![record(Begin, false), record(Commit, false)], RecoveryCase::RedriveCommit),
+            (
+                vec![record(Begin, false), record(Commit, false)],
+                RecoveryCase::RedriveCommit,
+            ),
             (vec![record(Commit, false)], RecoveryCase::RedriveCommit),
-            (vec![record(Begin, false), record(Abort, false)], RecoveryCase::RedriveAbort),
-            (vec![record(Begin, true), record(Commit, true), record(End, true)], RecoveryCase::Ended),
-            (vec![record(Begin, false), record(Abort, false), record(End, false)], RecoveryCase::Ended),
+            (
+                vec![record(Begin, false), record(Abort, false)],
+                RecoveryCase::RedriveAbort,
+            ),
+            (
+                vec![record(Begin, true), record(Commit, true), record(End, true)],
+                RecoveryCase::Ended,
+            ),
+            (
+                vec![
+                    record(Begin, false),
+                    record(Abort, false),
+                    record(End, false),
+                ],
+                RecoveryCase::Ended,
+            ),
         ];
         for (records, expected) in cases {
-            assert_eq!(recovery_case(&history(records.clone())), expected, "{records:?}");
+            assert_eq!(
+                recovery_case(&history(records.clone())),
+                expected,
+                "{records:?}"
+            );
         }
     }
 

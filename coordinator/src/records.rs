@@ -40,7 +40,11 @@ impl TxnHeader {
     }
 
     pub fn begin(&self) -> LogRecord {
-        let kind = if self.mode == Mode::Saga { RecordKind::SagaBegin } else { RecordKind::Begin };
+        let kind = if self.mode == Mode::Saga {
+            RecordKind::SagaBegin
+        } else {
+            RecordKind::Begin
+        };
         self.record(kind)
     }
 
@@ -51,12 +55,19 @@ impl TxnHeader {
         } else {
             RecordKind::Abort
         };
-        LogRecord { reply: Some(reply.clone()), ..self.record(kind) }
+        LogRecord {
+            reply: Some(reply.clone()),
+            ..self.record(kind)
+        }
     }
 
     /// END: every shard acknowledged. Carries only the txid and shards.
     pub fn end(&self) -> LogRecord {
-        LogRecord { legs: Vec::new(), idempotency_key: String::new(), ..self.record(RecordKind::End) }
+        LogRecord {
+            legs: Vec::new(),
+            idempotency_key: String::new(),
+            ..self.record(RecordKind::End)
+        }
     }
 
     /// Rebuilds the header from any record of the transaction.
@@ -77,6 +88,9 @@ impl TxnHeader {
 /// deadline, which is transport, not intent. FNV-1a 64 over the protobuf
 /// encoding (deterministic for a given message and schema version).
 pub fn fingerprint(request: &BookRequest) -> u64 {
-    let intent = BookRequest { timeout_ms: 0, ..request.clone() };
+    let intent = BookRequest {
+        timeout_ms: 0,
+        ..request.clone()
+    };
     booking_proto::routing::flight_hash_bytes(&intent.encode_to_vec())
 }

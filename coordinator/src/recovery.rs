@@ -61,7 +61,9 @@ pub fn histories(replayed: &Replayed) -> Result<Vec<(Uuid, TxnHistory)>, BadTxid
     Ok(order
         .into_iter()
         .map(|txid| {
-            let history = by_txid.remove(&txid).expect("every ordered txid has a history");
+            let history = by_txid
+                .remove(&txid)
+                .expect("every ordered txid has a history");
             (txid, history)
         })
         .collect())
@@ -70,23 +72,35 @@ pub fn histories(replayed: &Replayed) -> Result<Vec<(Uuid, TxnHistory)>, BadTxid
 /// Restores the registry from the log and starts finishing open
 /// transactions. Returns what it found.
 pub fn recover(core: &Arc<Core>, replayed: &Replayed) -> Result<RecoveryReport, BadTxid> {
-    let mut report = RecoveryReport { records: replayed.records.len(), ..Default::default() };
+    let mut report = RecoveryReport {
+        records: replayed.records.len(),
+        ..Default::default()
+    };
     for (txid, history) in histories(replayed)? {
         let case = recovery_case(&history);
         let first = any_record(&history);
         let header = TxnHeader::from_record(txid, richest(&history));
-        let begun_at = history.begin.as_ref().map_or(first.at_unix_ms, |b| b.at_unix_ms);
+        let begun_at = history
+            .begin
+            .as_ref()
+            .map_or(first.at_unix_ms, |b| b.at_unix_ms);
         let reply = history.decision.as_ref().and_then(|d| d.reply.clone());
         let decided_at = history.decision.as_ref().map_or(0, |d| d.at_unix_ms);
         match case {
             RecoveryCase::Ended => {
                 report.ended += 1;
-                core.registry.restore(restored_txn(&header, begun_at), reply, true, decided_at);
+                core.registry
+                    .restore(restored_txn(&header, begun_at), reply, true, decided_at);
             }
             RecoveryCase::RedriveCommit | RecoveryCase::RedriveAbort => {
                 let commit = case == RecoveryCase::RedriveCommit;
-                if commit { report.redrive_commit += 1 } else { report.redrive_abort += 1 }
-                core.registry.restore(restored_txn(&header, begun_at), reply, false, decided_at);
+                if commit {
+                    report.redrive_commit += 1
+                } else {
+                    report.redrive_abort += 1
+                }
+                core.registry
+                    .restore(restored_txn(&header, begun_at), reply, false, decided_at);
                 let shards = shard_indexes(core, &header);
                 core.spawn_phase_two(header, commit, shards);
             }
@@ -96,10 +110,15 @@ pub fn recover(core: &Arc<Core>, replayed: &Replayed) -> Result<RecoveryReport, 
             }
             RecoveryCase::ResolveOnePhase => {
                 report.resolve_one_phase += 1;
-                core.registry.restore(restored_txn(&header, begun_at), None, false, 0);
+                core.registry
+                    .restore(restored_txn(&header, begun_at), None, false, 0);
                 match shard_indexes(core, &header).first() {
-                    Some(shard) => core.spawn_resolve(header, *shard, "the coordinator restarted".into()),
-                    None => error!(%txid, shards = ?header.shards, "one-phase txid names no configured shard"),
+                    Some(shard) => {
+                        core.spawn_resolve(header, *shard, "the coordinator restarted".into())
+                    }
+                    None => {
+                        error!(%txid, shards = ?header.shards, "one-phase txid names no configured shard")
+                    }
                 }
             }
         }
@@ -119,11 +138,20 @@ fn abort_undecided(core: &Arc<Core>, header: TxnHeader, begun_at: u64) {
         message: "the coordinator restarted before deciding; nothing was booked".into(),
     };
     let reply = reply_of(&header, Decided::Abort(detail));
-    core.registry.restore(restored_txn(&header, begun_at), Some(reply.clone()), false, crate::registry::now_ms());
+    core.registry.restore(
+        restored_txn(&header, begun_at),
+        Some(reply.clone()),
+        false,
+        crate::registry::now_ms(),
+    );
     let shards = shard_indexes(core, &header);
     let core = Arc::clone(core);
     tokio::spawn(async move {
-        if let Err(error) = core.log().append(header.decision(&reply), Durability::Written).await {
+        if let Err(error) = core
+            .log()
+            .append(header.decision(&reply), Durability::Written)
+            .await
+        {
             error!(%error, "decision log failed during recovery");
             core.fatal().cancel();
             return;
@@ -158,5 +186,10 @@ fn any_record(history: &TxnHistory) -> &LogRecord {
 /// The record with the most to say about the transaction (legs and key):
 /// the decision, else the BEGIN, else END.
 fn richest(history: &TxnHistory) -> &LogRecord {
-    history.decision.as_ref().or(history.begin.as_ref()).or(history.end.as_ref()).expect("non-empty history")
+    history
+        .decision
+        .as_ref()
+        .or(history.begin.as_ref())
+        .or(history.end.as_ref())
+        .expect("non-empty history")
 }

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use booking_proto::log_v1::LegSummary;
-use booking_proto::v1::{BookReply, Decision, LegRequest, Outcome, TransactionState, TransactionStatus};
+use booking_proto::v1::{
+    BookReply, Decision, LegRequest, Outcome, TransactionState, TransactionStatus,
+};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -46,7 +48,10 @@ pub enum Registered {
     /// The key is new; the transaction is registered as in progress.
     New,
     /// The key was seen before with the same request: wait for its reply.
-    Retry { txid: Uuid, reply: watch::Receiver<Option<BookReply>> },
+    Retry {
+        txid: Uuid,
+        reply: watch::Receiver<Option<BookReply>>,
+    },
     /// The key was seen before with a different request.
     KeyReused { txid: Uuid },
 }
@@ -73,7 +78,9 @@ impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding this lock is a bug that already crashed a
         // task; the map itself is still consistent (updates are single calls).
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Registers `txn` under its key unless the key is already known.
@@ -84,7 +91,10 @@ impl Registry {
             if existing.header.fingerprint != txn.header.fingerprint {
                 return Registered::KeyReused { txid };
             }
-            return Registered::Retry { txid, reply: existing.done.subscribe() };
+            return Registered::Retry {
+                txid,
+                reply: existing.done.subscribe(),
+            };
         }
         inner.keys.insert(txn.header.key.clone(), txn.header.txid);
         inner.txns.insert(txn.header.txid, TxnEntry::from_new(txn));
@@ -110,9 +120,15 @@ impl Registry {
     /// Call only once the decision is as durable as its reply requires.
     pub fn decide(&self, txid: Uuid, reply: BookReply) {
         let mut inner = self.lock();
-        let entry = inner.txns.get_mut(&txid).expect("a decided transaction was registered");
+        let entry = inner
+            .txns
+            .get_mut(&txid)
+            .expect("a decided transaction was registered");
         assert!(
-            entry.reply.as_ref().is_none_or(|r| r.outcome == reply.outcome),
+            entry
+                .reply
+                .as_ref()
+                .is_none_or(|r| r.outcome == reply.outcome),
             "transaction {txid} decided twice, differently"
         );
         entry.set_reply(reply, now_ms());
@@ -148,12 +164,20 @@ impl Registry {
 
     pub fn status_by_key(&self, key: &str) -> Option<TransactionStatus> {
         let inner = self.lock();
-        inner.keys.get(key).and_then(|txid| inner.txns.get(txid)).map(TxnEntry::status)
+        inner
+            .keys
+            .get(key)
+            .and_then(|txid| inner.txns.get(txid))
+            .map(TxnEntry::status)
     }
 
     /// Transactions still in progress (for tests and shutdown).
     pub fn in_progress(&self) -> usize {
-        self.lock().txns.values().filter(|e| e.phase == Phase::InProgress).count()
+        self.lock()
+            .txns
+            .values()
+            .filter(|e| e.phase == Phase::InProgress)
+            .count()
     }
 }
 
@@ -173,7 +197,11 @@ impl TxnEntry {
     }
 
     fn set_reply(&mut self, reply: BookReply, at_ms: u64) {
-        self.phase = if reply.outcome == Outcome::Committed as i32 { Phase::Committed } else { Phase::Aborted };
+        self.phase = if reply.outcome == Outcome::Committed as i32 {
+            Phase::Committed
+        } else {
+            Phase::Aborted
+        };
         self.decided_at_ms = at_ms;
         self.reply = Some(reply.clone());
         self.done.send_replace(Some(reply));

@@ -24,7 +24,11 @@ const DECODE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Runs the coordinator until `shutdown` resolves. Returns an error if the
 /// process must stop because of a fatal failure.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let mut options = LogOptions::new(&config.log_dir);
     options.segment_bytes_max = config.segment_bytes_max;
     options.group_commit = config.group_commit;
@@ -37,7 +41,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     recovery::recover(&core, &replayed).context("replay the decision log")?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<CoordinatorServer<CoordinatorService>>().await;
+    health_reporter
+        .set_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(booking_proto::FILE_DESCRIPTOR_SET)
         .build_v1()

@@ -9,8 +9,8 @@ use booking_proto::routing::partition_of;
 use booking_proto::v1::coordinator_server::Coordinator;
 use booking_proto::v1::get_transaction_request::Key;
 use booking_proto::v1::{
-    AbortReason, BookReply, BookRequest, GetDecisionReply, GetDecisionRequest, GetRouteReply, GetRouteRequest,
-    GetTransactionRequest, Outcome, TransactionStatus,
+    AbortReason, BookReply, BookRequest, GetDecisionReply, GetDecisionRequest, GetRouteReply,
+    GetRouteRequest, GetTransactionRequest, Outcome, TransactionStatus,
 };
 use booking_proto::validate;
 use prost::Message;
@@ -37,7 +37,10 @@ fn book_status(error: BookError) -> Status {
         BookError::SagaUnavailable => Status::unimplemented(message),
         BookError::Overloaded { .. } => {
             let mut status = Status::resource_exhausted(message);
-            let hint = RETRY_AFTER_MS.to_string().parse().expect("digits are valid metadata");
+            let hint = RETRY_AFTER_MS
+                .to_string()
+                .parse()
+                .expect("digits are valid metadata");
             status.metadata_mut().insert("retry-after-ms", hint);
             status
         }
@@ -50,7 +53,10 @@ fn book_status(error: BookError) -> Status {
 /// same key gets the same status.
 fn reply_or_not_found(reply: BookReply) -> Result<Response<BookReply>, Status> {
     match &reply.abort {
-        Some(abort) if reply.outcome == Outcome::Aborted as i32 && abort.reason == AbortReason::UnknownFlight as i32 => {
+        Some(abort)
+            if reply.outcome == Outcome::Aborted as i32
+                && abort.reason == AbortReason::UnknownFlight as i32 =>
+        {
             Err(Status::not_found(format!(
                 "legs[{}].flight_id: flight {} does not exist ({}); create it first or fix the id",
                 abort.leg_index, abort.flight_id, abort.message
@@ -93,14 +99,21 @@ impl Coordinator for CoordinatorService {
         let status = match request.key {
             Some(Key::Txid(text)) => {
                 let txid = parse_txid("txid", &text)?;
-                self.core.registry.status(txid).ok_or_else(|| Status::not_found(format!("no transaction {txid}")))?
+                self.core
+                    .registry
+                    .status(txid)
+                    .ok_or_else(|| Status::not_found(format!("no transaction {txid}")))?
             }
-            Some(Key::IdempotencyKey(key)) if !key.is_empty() => self
-                .core
-                .registry
-                .status_by_key(&key)
-                .ok_or_else(|| Status::not_found(format!("no transaction with idempotency key {key:?}")))?,
-            _ => return Err(Status::invalid_argument("key: give a txid or a non-empty idempotency_key")),
+            Some(Key::IdempotencyKey(key)) if !key.is_empty() => {
+                self.core.registry.status_by_key(&key).ok_or_else(|| {
+                    Status::not_found(format!("no transaction with idempotency key {key:?}"))
+                })?
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "key: give a txid or a non-empty idempotency_key",
+                ))
+            }
         };
         Ok(Response::new(status))
     }
@@ -112,12 +125,18 @@ impl Coordinator for CoordinatorService {
         let txid = parse_txid("txid", &request.into_inner().txid)?;
         let decision = self.core.registry.decision(txid);
         tracing::debug!(%txid, ?decision, "GetDecision");
-        Ok(Response::new(GetDecisionReply { decision: decision as i32 }))
+        Ok(Response::new(GetDecisionReply {
+            decision: decision as i32,
+        }))
     }
 
-    async fn get_route(&self, request: Request<GetRouteRequest>) -> Result<Response<GetRouteReply>, Status> {
+    async fn get_route(
+        &self,
+        request: Request<GetRouteRequest>,
+    ) -> Result<Response<GetRouteReply>, Status> {
         let flight_id = request.into_inner().flight_id;
-        validate::flight_id("flight_id", &flight_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate::flight_id("flight_id", &flight_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let map = self.core.map();
         let shard = &map.shards()[map.shard_of(&flight_id)];
         Ok(Response::new(GetRouteReply {

@@ -17,7 +17,11 @@ pub enum ShardCallError {
     #[error("shard {shard} did not answer within {timeout_ms} ms")]
     Timeout { shard: String, timeout_ms: u64 },
     #[error("shard {shard} answered {code:?}: {message}")]
-    Status { shard: String, code: tonic::Code, message: String },
+    Status {
+        shard: String,
+        code: tonic::Code,
+        message: String,
+    },
 }
 
 impl ShardCallError {
@@ -27,7 +31,9 @@ impl ShardCallError {
         matches!(
             self,
             ShardCallError::Status {
-                code: tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument | tonic::Code::NotFound,
+                code: tonic::Code::FailedPrecondition
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound,
                 ..
             }
         )
@@ -61,29 +67,57 @@ impl ShardClients {
         &self.names[shard]
     }
 
-    pub async fn prepare(&self, shard: usize, request: PrepareRequest, timeout: Duration) -> Result<Vote, ShardCallError> {
+    pub async fn prepare(
+        &self,
+        shard: usize,
+        request: PrepareRequest,
+        timeout: Duration,
+    ) -> Result<Vote, ShardCallError> {
         let mut client = self.clients[shard].clone();
         self.call(shard, timeout, client.prepare(request)).await
     }
 
-    pub async fn book_local(&self, shard: usize, request: PrepareRequest, timeout: Duration) -> Result<Vote, ShardCallError> {
+    pub async fn book_local(
+        &self,
+        shard: usize,
+        request: PrepareRequest,
+        timeout: Duration,
+    ) -> Result<Vote, ShardCallError> {
         let mut client = self.clients[shard].clone();
         self.call(shard, timeout, client.book_local(request)).await
     }
 
-    pub async fn commit(&self, shard: usize, txid: String, timeout: Duration) -> Result<Ack, ShardCallError> {
+    pub async fn commit(
+        &self,
+        shard: usize,
+        txid: String,
+        timeout: Duration,
+    ) -> Result<Ack, ShardCallError> {
         let mut client = self.clients[shard].clone();
-        self.call(shard, timeout, client.commit(DecisionRequest { txid })).await
+        self.call(shard, timeout, client.commit(DecisionRequest { txid }))
+            .await
     }
 
-    pub async fn abort(&self, shard: usize, txid: String, timeout: Duration) -> Result<Ack, ShardCallError> {
+    pub async fn abort(
+        &self,
+        shard: usize,
+        txid: String,
+        timeout: Duration,
+    ) -> Result<Ack, ShardCallError> {
         let mut client = self.clients[shard].clone();
-        self.call(shard, timeout, client.abort(DecisionRequest { txid })).await
+        self.call(shard, timeout, client.abort(DecisionRequest { txid }))
+            .await
     }
 
-    pub async fn resolve(&self, shard: usize, txid: String, timeout: Duration) -> Result<ResolveReply, ShardCallError> {
+    pub async fn resolve(
+        &self,
+        shard: usize,
+        txid: String,
+        timeout: Duration,
+    ) -> Result<ResolveReply, ShardCallError> {
         let mut client = self.clients[shard].clone();
-        self.call(shard, timeout, client.resolve(ResolveRequest { txid })).await
+        self.call(shard, timeout, client.resolve(ResolveRequest { txid }))
+            .await
     }
 
     async fn call<T>(

@@ -72,16 +72,26 @@ mod tests {
 
     #[test]
     fn partition_of_is_stable_across_calls_and_processes() {
-        assert_eq!(partition_of("BA117", 64), (flight_hash("BA117") % 64) as u32);
-        let first: Vec<u32> = (0..100).map(|i| partition_of(&format!("F{i}"), 16)).collect();
-        let again: Vec<u32> = (0..100).map(|i| partition_of(&format!("F{i}"), 16)).collect();
+        assert_eq!(
+            partition_of("BA117", 64),
+            (flight_hash("BA117") % 64) as u32
+        );
+        let first: Vec<u32> = (0..100)
+            .map(|i| partition_of(&format!("F{i}"), 16))
+            .collect();
+        let again: Vec<u32> = (0..100)
+            .map(|i| partition_of(&format!("F{i}"), 16))
+            .collect();
         assert_eq!(first, again);
         assert!(first.iter().all(|p| *p < 16));
     }
 
     #[test]
     fn partition_set_parses_ranges_and_rejects_bad_ones() {
-        assert_eq!(parse_partition_set("0-2, 5,7-7", 8).unwrap(), vec![0, 1, 2, 5, 7]);
+        assert_eq!(
+            parse_partition_set("0-2, 5,7-7", 8).unwrap(),
+            vec![0, 1, 2, 5, 7]
+        );
         assert!(parse_partition_set("3-1", 8).is_err());
         assert!(parse_partition_set("0-8", 8).is_err());
         assert!(parse_partition_set("x", 8).is_err());

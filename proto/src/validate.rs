@@ -17,14 +17,20 @@ pub struct InvalidField {
 
 impl InvalidField {
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        InvalidField { field: field.into(), problem: problem.into() }
+        InvalidField {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 }
 
 /// A flight id: 1..=16 characters of `A-Z`, `0-9` and `-`.
 pub fn flight_id(field: &str, id: &str) -> Result<(), InvalidField> {
     if id.is_empty() {
-        return Err(InvalidField::new(field, "is empty; name the flight, e.g. \"BA117\""));
+        return Err(InvalidField::new(
+            field,
+            "is empty; name the flight, e.g. \"BA117\"",
+        ));
     }
     if id.chars().count() > FLIGHT_ID_CHARS_MAX {
         return Err(InvalidField::new(
@@ -32,7 +38,10 @@ pub fn flight_id(field: &str, id: &str) -> Result<(), InvalidField> {
             format!("{id:?} is longer than {FLIGHT_ID_CHARS_MAX} characters"),
         ));
     }
-    if !id.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-') {
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-')
+    {
         return Err(InvalidField::new(
             field,
             format!("{id:?} may only hold A-Z, 0-9 and '-'"),
@@ -103,7 +112,10 @@ pub fn leg_seats(
     if !passengers.is_empty() && passengers.len() != wanted {
         return Err(InvalidField::new(
             format!("{field}.passengers"),
-            format!("names {} passengers for {wanted} seats; name one per seat or none", passengers.len()),
+            format!(
+                "names {} passengers for {wanted} seats; name one per seat or none",
+                passengers.len()
+            ),
         ));
     }
     for (i, name) in passengers.iter().enumerate() {
@@ -134,20 +146,32 @@ pub fn book_request(request: &BookRequest) -> Result<(), InvalidField> {
     if key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
         return Err(InvalidField::new(
             "idempotency_key",
-            format!("is {} bytes; at most {IDEMPOTENCY_KEY_BYTES_MAX}", key.len()),
+            format!(
+                "is {} bytes; at most {IDEMPOTENCY_KEY_BYTES_MAX}",
+                key.len()
+            ),
         ));
     }
     if request.timeout_ms > TIMEOUT_MS_MAX {
         return Err(InvalidField::new(
             "timeout_ms",
-            format!("is {}; at most {TIMEOUT_MS_MAX} (0 for the default)", request.timeout_ms),
+            format!(
+                "is {}; at most {TIMEOUT_MS_MAX} (0 for the default)",
+                request.timeout_ms
+            ),
         ));
     }
     if crate::v1::Mode::try_from(request.mode).is_err() {
-        return Err(InvalidField::new("mode", format!("{} is not TWO_PHASE (0) or SAGA (1)", request.mode)));
+        return Err(InvalidField::new(
+            "mode",
+            format!("{} is not TWO_PHASE (0) or SAGA (1)", request.mode),
+        ));
     }
     if request.legs.is_empty() {
-        return Err(InvalidField::new("legs", "is empty; an itinerary needs at least one leg"));
+        return Err(InvalidField::new(
+            "legs",
+            "is empty; an itinerary needs at least one leg",
+        ));
     }
     if request.legs.len() > LEGS_MAX {
         return Err(InvalidField::new(
@@ -158,10 +182,16 @@ pub fn book_request(request: &BookRequest) -> Result<(), InvalidField> {
     for (i, this) in request.legs.iter().enumerate() {
         let field = format!("legs[{i}]");
         leg(&field, this)?;
-        if let Some(first) = request.legs[..i].iter().position(|l| l.flight_id == this.flight_id) {
+        if let Some(first) = request.legs[..i]
+            .iter()
+            .position(|l| l.flight_id == this.flight_id)
+        {
             return Err(InvalidField::new(
                 format!("{field}.flight_id"),
-                format!("flight {} is also legs[{first}]; merge duplicate legs into one", this.flight_id),
+                format!(
+                    "flight {} is also legs[{first}]; merge duplicate legs into one",
+                    this.flight_id
+                ),
             ));
         }
     }
@@ -171,14 +201,20 @@ pub fn book_request(request: &BookRequest) -> Result<(), InvalidField> {
 /// Every rule of the legs a participant receives.
 pub fn shard_legs(legs: &[ShardLeg]) -> Result<(), InvalidField> {
     if legs.is_empty() || legs.len() > LEGS_MAX {
-        return Err(InvalidField::new("legs", format!("must hold 1..={LEGS_MAX} legs")));
+        return Err(InvalidField::new(
+            "legs",
+            format!("must hold 1..={LEGS_MAX} legs"),
+        ));
     }
     for (i, this) in legs.iter().enumerate() {
         let field = format!("legs[{i}]");
         flight_id(&format!("{field}.flight_id"), &this.flight_id)?;
         leg_seats(&field, this.seat_count, &this.seats, &this.passengers)?;
         if legs[..i].iter().any(|l| l.flight_id == this.flight_id) {
-            return Err(InvalidField::new(format!("{field}.flight_id"), "duplicate flight"));
+            return Err(InvalidField::new(
+                format!("{field}.flight_id"),
+                "duplicate flight",
+            ));
         }
     }
     Ok(())
@@ -187,7 +223,10 @@ pub fn shard_legs(legs: &[ShardLeg]) -> Result<(), InvalidField> {
 /// A transaction id: a UUID in its canonical text form.
 pub fn txid(field: &str, text: &str) -> Result<[u8; 16], InvalidField> {
     parse_uuid(text).ok_or_else(|| {
-        InvalidField::new(field, format!("{text:?} is not a UUID like 0190b2c4-7d1e-7c3a-9f00-000000000000"))
+        InvalidField::new(
+            field,
+            format!("{text:?} is not a UUID like 0190b2c4-7d1e-7c3a-9f00-000000000000"),
+        )
     })
 }
 
@@ -209,32 +248,73 @@ mod tests {
     use super::*;
 
     fn leg_of(flight: &str, count: u32) -> LegRequest {
-        LegRequest { flight_id: flight.into(), seat_count: count, ..Default::default() }
+        LegRequest {
+            flight_id: flight.into(),
+            seat_count: count,
+            ..Default::default()
+        }
     }
 
     fn request(legs: Vec<LegRequest>) -> BookRequest {
-        BookRequest { idempotency_key: "k1".into(), legs, ..Default::default() }
+        BookRequest {
+            idempotency_key: "k1".into(),
+            legs,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn a_good_request_passes() {
-        assert_eq!(book_request(&request(vec![leg_of("AB1", 2), leg_of("CD2", 2)])), Ok(()));
+        assert_eq!(
+            book_request(&request(vec![leg_of("AB1", 2), leg_of("CD2", 2)])),
+            Ok(())
+        );
     }
 
     #[test]
     fn each_rule_names_its_field() {
         let cases: Vec<(BookRequest, &str)> = vec![
-            (BookRequest { idempotency_key: "".into(), ..request(vec![leg_of("A", 1)]) }, "idempotency_key"),
-            (BookRequest { idempotency_key: "x".repeat(129), ..request(vec![leg_of("A", 1)]) }, "idempotency_key"),
+            (
+                BookRequest {
+                    idempotency_key: "".into(),
+                    ..request(vec![leg_of("A", 1)])
+                },
+                "idempotency_key",
+            ),
+            (
+                BookRequest {
+                    idempotency_key: "x".repeat(129),
+                    ..request(vec![leg_of("A", 1)])
+                },
+                "idempotency_key",
+            ),
             (request(vec![]), "legs"),
-            (request((0..9).map(|i| leg_of(&format!("F{i}"), 1)).collect()), "legs"),
+            (
+                request((0..9).map(|i| leg_of(&format!("F{i}"), 1)).collect()),
+                "legs",
+            ),
             (request(vec![leg_of("A", 0)]), "legs[0]"),
             (request(vec![leg_of("A", 10)]), "legs[0].seat_count"),
             (request(vec![leg_of("", 1)]), "legs[0].flight_id"),
             (request(vec![leg_of("a b", 1)]), "legs[0].flight_id"),
-            (request(vec![leg_of("A", 1), leg_of("A", 1)]), "legs[1].flight_id"),
-            (BookRequest { timeout_ms: 60_001, ..request(vec![leg_of("A", 1)]) }, "timeout_ms"),
-            (BookRequest { mode: 7, ..request(vec![leg_of("A", 1)]) }, "mode"),
+            (
+                request(vec![leg_of("A", 1), leg_of("A", 1)]),
+                "legs[1].flight_id",
+            ),
+            (
+                BookRequest {
+                    timeout_ms: 60_001,
+                    ..request(vec![leg_of("A", 1)])
+                },
+                "timeout_ms",
+            ),
+            (
+                BookRequest {
+                    mode: 7,
+                    ..request(vec![leg_of("A", 1)])
+                },
+                "mode",
+            ),
         ];
         for (request, field) in cases {
             let err = book_request(&request).expect_err(field);
@@ -250,10 +330,26 @@ mod tests {
             seats: seats.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
-        assert_eq!(book_request(&request(vec![named(&["1A", "12F"], 0)])), Ok(()));
-        assert_eq!(book_request(&request(vec![named(&["1A", "12F"], 2)])), Ok(()));
-        assert_eq!(book_request(&request(vec![named(&["1A"], 2)])).unwrap_err().field, "legs[0].seat_count");
-        assert_eq!(book_request(&request(vec![named(&["1A", "1A"], 0)])).unwrap_err().field, "legs[0].seats[1]");
+        assert_eq!(
+            book_request(&request(vec![named(&["1A", "12F"], 0)])),
+            Ok(())
+        );
+        assert_eq!(
+            book_request(&request(vec![named(&["1A", "12F"], 2)])),
+            Ok(())
+        );
+        assert_eq!(
+            book_request(&request(vec![named(&["1A"], 2)]))
+                .unwrap_err()
+                .field,
+            "legs[0].seat_count"
+        );
+        assert_eq!(
+            book_request(&request(vec![named(&["1A", "1A"], 0)]))
+                .unwrap_err()
+                .field,
+            "legs[0].seats[1]"
+        );
         for bad in ["A1", "0A", "01A", "1a", "", "201A", "12"] {
             assert!(seat_label("s", bad).is_err(), "{bad} should be refused");
         }
@@ -264,7 +360,10 @@ mod tests {
     fn passengers_must_match_seats() {
         let mut leg = leg_of("A", 2);
         leg.passengers = vec!["Ada".into()];
-        assert_eq!(book_request(&request(vec![leg.clone()])).unwrap_err().field, "legs[0].passengers");
+        assert_eq!(
+            book_request(&request(vec![leg.clone()])).unwrap_err().field,
+            "legs[0].passengers"
+        );
         leg.passengers = vec!["Ada".into(), "Bob".into()];
         assert_eq!(book_request(&request(vec![leg])), Ok(()));
     }

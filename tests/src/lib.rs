@@ -31,7 +31,9 @@ pub struct TestCluster {
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_test_writer()
         .try_init();
 }
@@ -40,13 +42,17 @@ pub fn init_tracing() {
 /// PostgreSQL shards need the server binaries: without them this fails with
 /// a message naming the package to install, never skips.
 pub async fn start(db: Db) -> TestCluster {
-    let bin_dir = find_binaries().await.expect("find or build the coordinator and participant binaries");
+    let bin_dir = find_binaries()
+        .await
+        .expect("find or build the coordinator and participant binaries");
     let dir = tempfile::tempdir().expect("create a temp dir");
     let mut spec = ClusterSpec::new(bin_dir, dir.path());
     let pg = match db {
         Db::Sqlite => None,
         Db::Postgres => {
-            let pg = PgCluster::start(3).await.unwrap_or_else(|e| panic!("PostgreSQL shards: {e}"));
+            let pg = PgCluster::start(3)
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL shards: {e}"));
             spec.backend = Backend::Postgres(pg.database_urls());
             Some(pg)
         }
@@ -68,15 +74,24 @@ pub const LETTERS: &str = "ABCDEF";
 pub const ROOMY_ROWS: u32 = 60;
 
 pub async fn create_race_flights(cluster: &Cluster, contested: usize, roomy: usize) -> RaceFlights {
-    let mut flights = RaceFlights { contested: Vec::new(), roomy: Vec::new() };
+    let mut flights = RaceFlights {
+        contested: Vec::new(),
+        roomy: Vec::new(),
+    };
     for i in 0..contested {
         let id = format!("HOT{i}");
-        cluster.create_flight(&id, CONTESTED_ROWS, LETTERS).await.expect("create contested flight");
+        cluster
+            .create_flight(&id, CONTESTED_ROWS, LETTERS)
+            .await
+            .expect("create contested flight");
         flights.contested.push(id);
     }
     for i in 0..roomy {
         let id = format!("ROOMY{i}");
-        cluster.create_flight(&id, ROOMY_ROWS, LETTERS).await.expect("create roomy flight");
+        cluster
+            .create_flight(&id, ROOMY_ROWS, LETTERS)
+            .await
+            .expect("create roomy flight");
         flights.roomy.push(id);
     }
     flights
@@ -86,7 +101,12 @@ pub async fn create_race_flights(cluster: &Cluster, contested: usize, roomy: usi
 /// roomy legs on other shards, one passenger. Every abort is then caused by
 /// the contested flight being full, so each contested flight must end sold
 /// out exactly (booked == capacity, nothing held).
-pub fn race_itinerary(cluster: &Cluster, flights: &RaceFlights, n: usize, key_prefix: &str) -> BookRequest {
+pub fn race_itinerary(
+    cluster: &Cluster,
+    flights: &RaceFlights,
+    n: usize,
+    key_prefix: &str,
+) -> BookRequest {
     let hot = &flights.contested[n % flights.contested.len()];
     let mut used_shards = vec![cluster.shard_of(hot)];
     let mut legs = vec![leg(hot)];
@@ -99,7 +119,10 @@ pub fn race_itinerary(cluster: &Cluster, flights: &RaceFlights, n: usize, key_pr
             legs.push(leg(roomy));
         }
     }
-    assert!(legs.len() >= 2, "the roomy flights must cover at least two shards");
+    assert!(
+        legs.len() >= 2,
+        "the roomy flights must cover at least two shards"
+    );
     BookRequest {
         idempotency_key: format!("{key_prefix}-{n}"),
         timeout_ms: 20_000,
@@ -109,11 +132,20 @@ pub fn race_itinerary(cluster: &Cluster, flights: &RaceFlights, n: usize, key_pr
 }
 
 fn leg(flight: &str) -> LegRequest {
-    LegRequest { flight_id: flight.into(), seat_count: 1, passengers: vec!["Pax".into()], ..Default::default() }
+    LegRequest {
+        flight_id: flight.into(),
+        seat_count: 1,
+        passengers: vec!["Pax".into()],
+        ..Default::default()
+    }
 }
 
 /// Sends every request at once (one task each) and records every reply.
-pub async fn book_all_at_once(client: &BookingClient, requests: Vec<BookRequest>, oracle: &Arc<Oracle>) {
+pub async fn book_all_at_once(
+    client: &BookingClient,
+    requests: Vec<BookRequest>,
+    oracle: &Arc<Oracle>,
+) {
     let mut tasks = JoinSet::new();
     for request in requests {
         let client = client.clone();
@@ -132,13 +164,19 @@ pub async fn book_all_at_once(client: &BookingClient, requests: Vec<BookRequest>
 /// databases, panicking with the report when anything is violated.
 pub async fn assert_invariants(cluster: &Cluster, oracle: &Oracle) {
     let urls = cluster.shard_database_urls();
-    checker::wait_quiescent(&urls, Duration::from_secs(30)).await.expect("quiescence: no seat held, no txn prepared");
-    let report = checker::check(&urls, oracle, CheckMode::Quiescent).await.expect("read the shard databases");
+    checker::wait_quiescent(&urls, Duration::from_secs(30))
+        .await
+        .expect("quiescence: no seat held, no txn prepared");
+    let report = checker::check(&urls, oracle, CheckMode::Quiescent)
+        .await
+        .expect("read the shard databases");
     assert!(report.is_ok(), "invariants violated:\n{report}");
 }
 
 pub async fn flight_summaries(cluster: &Cluster) -> Vec<FlightSummary> {
-    checker::flight_summary(&cluster.shard_database_urls()).await.expect("read flight summaries")
+    checker::flight_summary(&cluster.shard_database_urls())
+        .await
+        .expect("read flight summaries")
 }
 
 /// Committed, aborted-sold-out, and anything else, from the oracle.
@@ -151,7 +189,10 @@ pub fn tally(oracle: &Oracle) -> (usize, usize, Vec<String>) {
                 committed += 1;
             }
             OracleOutcome::Aborted(reply)
-                if reply.abort.as_ref().is_some_and(|a| a.reason == AbortReason::SoldOut as i32) =>
+                if reply
+                    .abort
+                    .as_ref()
+                    .is_some_and(|a| a.reason == AbortReason::SoldOut as i32) =>
             {
                 sold_out += 1
             }

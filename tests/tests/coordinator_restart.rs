@@ -25,7 +25,9 @@ async fn coordinator_sigkill_under_load_recovers_and_keeps_replies() {
     let load = {
         let client = client.clone();
         let oracle = Arc::clone(&oracle);
-        let requests: Vec<_> = (0..400).map(|n| race_itinerary(&test.cluster, &flights, n, "crash")).collect();
+        let requests: Vec<_> = (0..400)
+            .map(|n| race_itinerary(&test.cluster, &flights, n, "crash"))
+            .collect();
         tokio::spawn(async move {
             for chunk in requests.chunks(40) {
                 book_all_at_once(&client, chunk.to_vec(), &oracle).await;
@@ -33,17 +35,26 @@ async fn coordinator_sigkill_under_load_recovers_and_keeps_replies() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    test.cluster.kill(ProcessId::Coordinator).await.expect("SIGKILL the coordinator");
+    test.cluster
+        .kill(ProcessId::Coordinator)
+        .await
+        .expect("SIGKILL the coordinator");
     load.await.expect("load task");
     let before_crash = oracle.entries();
-    let unknown = before_crash.iter().filter(|e| matches!(e.outcome, OracleOutcome::Unknown { .. })).count();
+    let unknown = before_crash
+        .iter()
+        .filter(|e| matches!(e.outcome, OracleOutcome::Unknown { .. }))
+        .count();
     let decided = before_crash.len() - unknown;
     tracing::info!(decided, unknown, "replies before the restart");
     assert!(decided > 0, "some bookings completed before the kill");
     assert!(unknown > 0, "the kill interrupted some bookings");
 
     tracing::info!("phase 2: restart; invariants hold at quiescence");
-    test.cluster.restart(ProcessId::Coordinator).await.expect("restart the coordinator");
+    test.cluster
+        .restart(ProcessId::Coordinator)
+        .await
+        .expect("restart the coordinator");
     let client = test.cluster.client().await.expect("reconnect");
     assert_invariants(&test.cluster, &oracle).await;
 
@@ -53,14 +64,26 @@ async fn coordinator_sigkill_under_load_recovers_and_keeps_replies() {
         let again = client.book(entry.request.clone()).await;
         match (&entry.outcome, &again) {
             (OracleOutcome::Committed(first) | OracleOutcome::Aborted(first), Ok(second)) => {
-                assert_eq!(first, second, "key {} got a different reply after the restart", entry.request.idempotency_key)
+                assert_eq!(
+                    first, second,
+                    "key {} got a different reply after the restart",
+                    entry.request.idempotency_key
+                )
             }
             (OracleOutcome::Committed(_) | OracleOutcome::Aborted(_), Err(error)) => {
-                panic!("key {} had a reply, the retry failed: {error}", entry.request.idempotency_key)
+                panic!(
+                    "key {} had a reply, the retry failed: {error}",
+                    entry.request.idempotency_key
+                )
             }
             (OracleOutcome::Unknown { .. }, result) => {
-                let reply = result.as_ref().unwrap_or_else(|e| panic!("retry of an unknown booking failed: {e}"));
-                assert!(reply.outcome == Outcome::Committed as i32 || reply.outcome == Outcome::Aborted as i32);
+                let reply = result
+                    .as_ref()
+                    .unwrap_or_else(|e| panic!("retry of an unknown booking failed: {e}"));
+                assert!(
+                    reply.outcome == Outcome::Committed as i32
+                        || reply.outcome == Outcome::Aborted as i32
+                );
             }
         }
         retried.record(&entry.request, &again);
@@ -70,7 +93,9 @@ async fn coordinator_sigkill_under_load_recovers_and_keeps_replies() {
     tracing::info!("phase 4: new bookings go on");
     let fresh = create_race_flights_named(&test.cluster).await;
     let after = Arc::new(Oracle::new());
-    let requests: Vec<_> = (0..60).map(|n| race_itinerary(&test.cluster, &fresh, n, "after")).collect();
+    let requests: Vec<_> = (0..60)
+        .map(|n| race_itinerary(&test.cluster, &fresh, n, "after"))
+        .collect();
     book_all_at_once(&client, requests, &after).await;
     let (committed, _, other) = tally(&after);
     assert!(other.is_empty(), "after the restart: {other:#?}");
@@ -80,15 +105,24 @@ async fn coordinator_sigkill_under_load_recovers_and_keeps_replies() {
 
 /// A second set of flights, so phase 4 does not race the sold-out ones.
 async fn create_race_flights_named(cluster: &booking_client::Cluster) -> RaceFlights {
-    let mut flights = RaceFlights { contested: Vec::new(), roomy: Vec::new() };
+    let mut flights = RaceFlights {
+        contested: Vec::new(),
+        roomy: Vec::new(),
+    };
     for i in 0..3 {
         let id = format!("NEWHOT{i}");
-        cluster.create_flight(&id, CONTESTED_ROWS, LETTERS).await.expect("create flight");
+        cluster
+            .create_flight(&id, CONTESTED_ROWS, LETTERS)
+            .await
+            .expect("create flight");
         flights.contested.push(id);
     }
     for i in 0..6 {
         let id = format!("NEWROOMY{i}");
-        cluster.create_flight(&id, ROOMY_ROWS, LETTERS).await.expect("create flight");
+        cluster
+            .create_flight(&id, ROOMY_ROWS, LETTERS)
+            .await
+            .expect("create flight");
         flights.roomy.push(id);
     }
     flights

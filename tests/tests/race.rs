@@ -21,15 +21,24 @@ async fn contested_race_sells_every_hot_flight_out_exactly(db: Db) {
     {
         tracing::info!("phase 1: {ITINERARIES} itineraries at once");
         let client = cluster.client().await.expect("connect to the coordinator");
-        let requests = (0..ITINERARIES).map(|n| race_itinerary(cluster, &flights, n, "race")).collect();
+        let requests = (0..ITINERARIES)
+            .map(|n| race_itinerary(cluster, &flights, n, "race"))
+            .collect();
         let oracle = Arc::new(Oracle::new());
         book_all_at_once(&client, requests, &oracle).await;
 
         tracing::info!("phase 2: every reply is final, invariants hold");
         let (committed, sold_out, other) = tally(&oracle);
-        assert!(other.is_empty(), "only COMMITTED or SOLD_OUT replies expected, got {other:#?}");
+        assert!(
+            other.is_empty(),
+            "only COMMITTED or SOLD_OUT replies expected, got {other:#?}"
+        );
         let capacity = (CONTESTED_ROWS as usize) * LETTERS.len();
-        assert_eq!(committed, CONTESTED * capacity, "one itinerary per contested seat commits");
+        assert_eq!(
+            committed,
+            CONTESTED * capacity,
+            "one itinerary per contested seat commits"
+        );
         assert_eq!(committed + sold_out, ITINERARIES);
         assert_invariants(cluster, &oracle).await;
 
@@ -38,19 +47,31 @@ async fn contested_race_sells_every_hot_flight_out_exactly(db: Db) {
         for summary in &summaries {
             assert_eq!(summary.held, 0, "{summary:?}");
             if summary.flight_id.starts_with("HOT") {
-                assert!(summary.sold_out(), "contested flight not sold out exactly: {summary:?}");
+                assert!(
+                    summary.sold_out(),
+                    "contested flight not sold out exactly: {summary:?}"
+                );
             }
         }
-        let roomy_booked: i64 = summaries.iter().filter(|s| s.flight_id.starts_with("ROOMY")).map(|s| s.booked).sum();
+        let roomy_booked: i64 = summaries
+            .iter()
+            .filter(|s| s.flight_id.starts_with("ROOMY"))
+            .map(|s| s.booked)
+            .sum();
         let roomy_legs: usize = oracle
             .entries()
             .iter()
             .filter_map(|e| match &e.outcome {
-                booking_client::checker::OracleOutcome::Committed(reply) => Some(reply.legs.len() - 1),
+                booking_client::checker::OracleOutcome::Committed(reply) => {
+                    Some(reply.legs.len() - 1)
+                }
                 _ => None,
             })
             .sum();
-        assert_eq!(roomy_booked as usize, roomy_legs, "roomy seats booked == committed roomy legs");
+        assert_eq!(
+            roomy_booked as usize, roomy_legs,
+            "roomy seats booked == committed roomy legs"
+        );
     }
 }
 

@@ -6,7 +6,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "coordinator", about = "Two-phase-commit coordinator for cross-shard seat bookings")]
+#[command(
+    name = "coordinator",
+    about = "Two-phase-commit coordinator for cross-shard seat bookings"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

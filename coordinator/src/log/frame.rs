@@ -14,7 +14,10 @@ pub(crate) const FRAME_HEADER_BYTES: usize = 8;
 #[derive(Debug)]
 pub(crate) enum FrameRead {
     /// A good record; the next frame starts `frame_bytes` further on.
-    Record { record: LogRecord, frame_bytes: u64 },
+    Record {
+        record: Box<LogRecord>,
+        frame_bytes: u64,
+    },
     /// A good frame holding a record of a newer format version.
     NewerVersion { version: u32 },
     /// A bad frame. `frame_end` is where it claims to end (offset + 8 +
@@ -104,7 +107,7 @@ fn decode_payload(payload: &[u8], frame_end: u64) -> FrameRead {
         ),
         version if version > FORMAT_VERSION => FrameRead::NewerVersion { version },
         _ => FrameRead::Record {
-            record,
+            record: Box::new(record),
             frame_bytes: (FRAME_HEADER_BYTES + payload.len()) as u64,
         },
     }

@@ -62,7 +62,7 @@ impl SegmentBytes<'_> {
                             segment: self.seq,
                             offset,
                         },
-                        record,
+                        *record,
                     ));
                     offset += frame_bytes;
                 }

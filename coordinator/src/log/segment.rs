@@ -1,5 +1,5 @@
 //! One segment file `{seq:016}.seg`: its name, its 8-byte header (`b"BKLG"`
-//! + u32 LE version), creating it durably, appending to it, and the two
+//! then the u32 LE version), creating it durably, appending to it, and the two
 //! repairs `open` makes to a torn tail. Framing is `frame.rs`'s business.
 
 use std::fs::{self, File, OpenOptions};

@@ -131,7 +131,7 @@ fn codec_round_trips_every_record_kind_with_all_fields() {
                 record: decoded,
                 frame_bytes,
             } => {
-                assert_eq!(decoded, record, "{kind:?}");
+                assert_eq!(*decoded, record, "{kind:?}");
                 assert_eq!(frame_bytes, encoded.len() as u64);
             }
             other => panic!("{kind:?} decoded as {other:?}"),
@@ -353,8 +353,7 @@ async fn corruption_in_a_segment_that_is_not_the_last_is_corrupt() {
     log.shutdown().await.expect("shutdown");
     let last_in_first = appended
         .iter()
-        .filter(|(p, _)| p.segment == 1)
-        .last()
+        .rfind(|(p, _)| p.segment == 1)
         .expect("segment 1 has records")
         .0;
     assert!(
@@ -588,7 +587,7 @@ async fn without_group_commit_every_record_gets_its_own_fsync() {
     naive.group_commit = false;
     let (log, _) = DecisionLog::open(naive).expect("open");
     let mixed = |n: u64| {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             Durability::Forced
         } else {
             Durability::Written
