@@ -33,6 +33,7 @@ use tracing::{error, info, warn, Instrument};
 use uuid::Uuid;
 
 use crate::config::{Config, ShardMap};
+use crate::failpoints::crash_point;
 use crate::log::{DecisionLog, Durability, LogError};
 use crate::protocol::{Decided, VoteEvent, VoteTally};
 use crate::records::{fingerprint, TxnHeader};
@@ -201,14 +202,18 @@ impl Core {
     ) -> Result<BookReply, BookError> {
         let header = &plan.header;
         self.log.append(header.begin(), Durability::Written).await?;
+        crash_point("coordinator::after_begin");
         let shards: Vec<usize> = plan.by_shard.keys().copied().collect();
         let decided = self.collect_votes(&plan, timeout_ms).await;
         let reply = reply_of(header, decided);
         self.log
             .append(header.decision(&reply), Durability::Forced)
             .await?;
-        self.registry.decide(header.txid, reply.clone());
         let commit = reply.outcome == Outcome::Committed as i32;
+        if commit {
+            crash_point("coordinator::after_commit_logged");
+        }
+        self.registry.decide(header.txid, reply.clone());
         info!(outcome = if commit { "COMMIT" } else { "ABORT" }, "decided");
         self.spawn_phase_two(header.clone(), commit, shards);
         Ok(reply)
@@ -364,6 +369,7 @@ impl Core {
                 )
                 .await;
                 if delivered.iter().all(|ok| *ok) {
+                    crash_point("coordinator::before_end");
                     if let Err(error) = core.log.append(header.end(), Durability::Written).await {
                         error!(%error, "decision log failed writing END");
                         core.fatal.cancel();

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod core;
+pub mod failpoints;
 pub mod log;
 pub mod protocol;
 pub mod records;

@@ -33,6 +33,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Reads FAILPOINTS once; see coordinator::failpoints.
+    let _failpoints = fail::FailScenario::setup();
     match Cli::parse().command {
         Command::Serve { config } => serve(config).await,
     }

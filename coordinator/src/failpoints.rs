@@ -1,0 +1,21 @@
+//! Named crash points for the fault-injection suite (DESIGN.md "Failures we
+//! test by causing them").
+//!
+//! Armed at run time with the `FAILPOINTS` environment variable, read once
+//! at start (`FAILPOINTS="coordinator::after_commit_logged=return"`). An armed
+//! point makes the process exit at once with status 137, as SIGKILL would:
+//! no reply, no flush, no phase 2. Unarmed points cost one atomic load.
+//!
+//! | name                               | where                                         |
+//! |------------------------------------|-----------------------------------------------|
+//! | `coordinator::after_begin`         | 2PC BEGIN written, before any PREPARE is sent |
+//! | `coordinator::after_commit_logged` | COMMIT fsynced, before anyone hears of it     |
+//! | `coordinator::before_end`          | every shard acknowledged, END not written     |
+
+/// Exits the process when the named failpoint is armed.
+pub fn crash_point(name: &str) {
+    fail::eval(name, |_| {
+        eprintln!("failpoint {name} fired: exiting as if killed");
+        std::process::exit(137)
+    });
+}
