@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod error;
+pub mod failpoints;
 pub mod model;
 pub mod op;
 pub mod protocol;

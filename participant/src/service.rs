@@ -4,6 +4,7 @@
 //! maps the answer; it writes nothing itself. Reads (GetFlight, ListTxns)
 //! go to the store directly.
 
+use crate::failpoints::crash_point;
 use booking_proto::limits::MESSAGE_BYTES_MAX;
 use booking_proto::v1::participant_server::Participant;
 use booking_proto::v1::{
@@ -155,13 +156,21 @@ impl Participant for ParticipantService {
     ) -> Result<Response<v1::Vote>, Status> {
         let request = request.into_inner();
         let span = info_span!("prepare", txid = %request.txid);
-        self.book(request, Op::Prepare).instrument(span).await
+        let vote = self.book(request, Op::Prepare).instrument(span).await;
+        if matches!(&vote, Ok(vote) if vote.get_ref().yes) {
+            crash_point("participant::after_prepare_commit");
+        }
+        vote
     }
 
     async fn commit(&self, request: Request<DecisionRequest>) -> Result<Response<Ack>, Status> {
         let request = request.into_inner();
         let span = info_span!("commit", txid = %request.txid);
-        self.decide(request, Op::Commit).instrument(span).await
+        let ack = self.decide(request, Op::Commit).instrument(span).await;
+        if ack.is_ok() {
+            crash_point("participant::after_commit_applied");
+        }
+        ack
     }
 
     async fn abort(&self, request: Request<DecisionRequest>) -> Result<Response<Ack>, Status> {

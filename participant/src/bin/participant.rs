@@ -88,6 +88,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Reads FAILPOINTS once; see participant::failpoints.
+    let _failpoints = fail::FailScenario::setup();
     let Command::Serve(args) = Cli::parse().command;
     let config = args
         .settings()?

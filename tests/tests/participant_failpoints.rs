@@ -1,0 +1,104 @@
+//! DESIGN.md "Failures we test by causing them": a participant crashes (exits
+//! at once, as if SIGKILLed) at a named point, is restarted, and the
+//! transaction still ends the way the coordinator decided, with nothing held:
+//!
+//! | failpoint             | client is told | after restart                      |
+//! |-----------------------|----------------|------------------------------------|
+//! | after_prepare_commit  | ABORTED        | the durable hold is released (ABORT redelivered) |
+//! | after_commit_applied  | COMMITTED      | COMMIT redelivered is a no-op; seats booked |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use booking_client::checker::Oracle;
+use booking_client::ProcessId;
+use booking_proto::v1::{AbortReason, BookRequest, LegRequest, Outcome};
+use booking_tests::*;
+
+async fn crash_participant_at(failpoint: &str, told: Outcome) {
+    tracing::info!(failpoint, "case");
+    let mut test = start(Db::Sqlite).await;
+    let cluster = &mut test.cluster;
+    let mut flights: Vec<String> = Vec::new();
+    for i in 0..8 {
+        let id = format!("PF{i}");
+        cluster
+            .create_flight(&id, 3, "AB")
+            .await
+            .expect("create flight");
+        if flights
+            .iter()
+            .all(|f| cluster.shard_of(f) != cluster.shard_of(&id))
+        {
+            flights.push(id);
+        }
+    }
+    assert!(flights.len() >= 2, "flights on at least two shards");
+    let victim = ProcessId::Participant(cluster.shard_of(&flights[0]));
+    let request = BookRequest {
+        idempotency_key: format!("pf-{failpoint}"),
+        legs: flights[..2]
+            .iter()
+            .map(|f| LegRequest {
+                flight_id: f.clone(),
+                seat_count: 2,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+
+    // Phase 1: arm the failpoint on the first leg's shard, book, it dies.
+    cluster.set_env(victim, "FAILPOINTS", &format!("{failpoint}=return"));
+    cluster.restart(victim).await.expect("restart armed");
+    let oracle = Arc::new(Oracle::new());
+    let client = cluster.client().await.expect("connect");
+    let reply = client.book(request.clone()).await.expect("a final reply");
+    oracle.record(&request, &Ok(reply.clone()));
+    assert_eq!(reply.outcome, told as i32, "{failpoint}: {reply:?}");
+    if told == Outcome::Aborted {
+        let reason = reply.abort.as_ref().map(|a| a.reason);
+        assert_eq!(
+            reason,
+            Some(AbortReason::ShardUnavailable as i32),
+            "{reply:?}"
+        );
+    }
+    let status = cluster
+        .wait_exit(victim, Duration::from_secs(10))
+        .await
+        .expect("wait for exit");
+    assert!(
+        status.is_some(),
+        "{failpoint}: the participant must have crashed"
+    );
+
+    // Phase 2: restart unarmed; the decision is redelivered until acknowledged.
+    cluster.remove_env(victim, "FAILPOINTS");
+    cluster.restart(victim).await.expect("restart");
+    assert_invariants(cluster, &oracle).await;
+    let booked: i64 = flight_summaries(cluster)
+        .await
+        .iter()
+        .map(|s| s.booked)
+        .sum();
+    let expected = if told == Outcome::Committed { 4 } else { 0 };
+    assert_eq!(booked, expected, "{failpoint}: seats booked after recovery");
+    let again = client.book(request.clone()).await.expect("retry");
+    assert_eq!(
+        again, reply,
+        "{failpoint}: the same key gets the same reply"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_crash_after_its_durable_prepare_ends_aborted_and_released() {
+    init_tracing();
+    crash_participant_at("participant::after_prepare_commit", Outcome::Aborted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_crash_after_applying_commit_ends_committed() {
+    init_tracing();
+    crash_participant_at("participant::after_commit_applied", Outcome::Committed).await;
+}
