@@ -201,3 +201,35 @@ pub fn tally(oracle: &Oracle) -> (usize, usize, Vec<String>) {
     }
     (committed, sold_out, other)
 }
+
+/// A two-leg itinerary of 2 seats per leg on flights of two different shards
+/// (creating small flights named `{prefix}0..` until two shards are covered).
+pub async fn two_shard_request(cluster: &Cluster, prefix: &str, key: &str) -> BookRequest {
+    let mut flights: Vec<String> = Vec::new();
+    for i in 0..8 {
+        let id = format!("{prefix}{i}");
+        cluster
+            .create_flight(&id, 3, "AB")
+            .await
+            .expect("create flight");
+        if flights
+            .iter()
+            .all(|f| cluster.shard_of(f) != cluster.shard_of(&id))
+        {
+            flights.push(id);
+        }
+    }
+    assert!(flights.len() >= 2, "flights on at least two shards");
+    BookRequest {
+        idempotency_key: key.into(),
+        legs: flights[..2]
+            .iter()
+            .map(|f| LegRequest {
+                flight_id: f.clone(),
+                seat_count: 2,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}

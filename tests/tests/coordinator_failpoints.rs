@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use booking_client::checker::Oracle;
 use booking_client::ProcessId;
-use booking_proto::v1::{AbortReason, BookRequest, LegRequest, Outcome};
+use booking_proto::v1::{AbortReason, Outcome};
 use booking_tests::*;
 
 struct Case {
@@ -45,33 +45,7 @@ async fn crash_at(case: &Case) {
     tracing::info!(failpoint = case.failpoint, "case");
     let mut test = start(Db::Sqlite).await;
     let cluster = &mut test.cluster;
-    let mut flights: Vec<String> = Vec::new();
-    for i in 0..8 {
-        let id = format!("FP{i}");
-        cluster
-            .create_flight(&id, 3, "AB")
-            .await
-            .expect("create flight");
-        if flights
-            .iter()
-            .all(|f| cluster.shard_of(f) != cluster.shard_of(&id))
-        {
-            flights.push(id);
-        }
-    }
-    assert!(flights.len() >= 2, "flights on at least two shards");
-    let request = BookRequest {
-        idempotency_key: format!("fp-{}", case.failpoint),
-        legs: flights[..2]
-            .iter()
-            .map(|f| LegRequest {
-                flight_id: f.clone(),
-                seat_count: 2,
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
+    let request = two_shard_request(cluster, "FP", &format!("fp-{}", case.failpoint)).await;
 
     // Phase 1: arm the failpoint, book, the coordinator dies.
     cluster.set_env(

@@ -12,41 +12,15 @@ use std::time::Duration;
 
 use booking_client::checker::Oracle;
 use booking_client::ProcessId;
-use booking_proto::v1::{AbortReason, BookRequest, LegRequest, Outcome};
+use booking_proto::v1::{AbortReason, Outcome};
 use booking_tests::*;
 
 async fn crash_participant_at(failpoint: &str, told: Outcome) {
     tracing::info!(failpoint, "case");
     let mut test = start(Db::Sqlite).await;
     let cluster = &mut test.cluster;
-    let mut flights: Vec<String> = Vec::new();
-    for i in 0..8 {
-        let id = format!("PF{i}");
-        cluster
-            .create_flight(&id, 3, "AB")
-            .await
-            .expect("create flight");
-        if flights
-            .iter()
-            .all(|f| cluster.shard_of(f) != cluster.shard_of(&id))
-        {
-            flights.push(id);
-        }
-    }
-    assert!(flights.len() >= 2, "flights on at least two shards");
-    let victim = ProcessId::Participant(cluster.shard_of(&flights[0]));
-    let request = BookRequest {
-        idempotency_key: format!("pf-{failpoint}"),
-        legs: flights[..2]
-            .iter()
-            .map(|f| LegRequest {
-                flight_id: f.clone(),
-                seat_count: 2,
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
+    let request = two_shard_request(cluster, "PF", &format!("pf-{failpoint}")).await;
+    let victim = ProcessId::Participant(cluster.shard_of(&request.legs[0].flight_id));
 
     // Phase 1: arm the failpoint on the first leg's shard, book, it dies.
     cluster.set_env(victim, "FAILPOINTS", &format!("{failpoint}=return"));
