@@ -244,10 +244,17 @@ impl Core {
                 }
             })
             .collect();
+        let mut first_reply = true;
         loop {
             tokio::select! {
                 next = calls.next() => {
                     let (position, result) = next.expect("the tally decides before the calls run out");
+                    if first_reply {
+                        // Every PREPARE is on its way and at least one shard
+                        // holds seats; no vote is counted yet.
+                        crash_point("coordinator::after_prepares_sent");
+                        first_reply = false;
+                    }
                     let event = match result {
                         Ok(vote) => VoteEvent::Vote(vote),
                         Err(error) => VoteEvent::Failed(error.to_string()),
@@ -395,7 +402,14 @@ impl Core {
                     .await
             };
             match result {
-                Ok(_) => return true,
+                Ok(_) => {
+                    if commit {
+                        // One shard has applied COMMIT; the others may not
+                        // have heard it yet.
+                        crash_point("coordinator::after_first_commit");
+                    }
+                    return true;
+                }
                 Err(error) if error.is_refusal() => {
                     // A shard refusing the decision breaks an invariant;
                     // leave the transaction un-ended so operators see it.

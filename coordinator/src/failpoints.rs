@@ -9,8 +9,13 @@
 //! | name                               | where                                         |
 //! |------------------------------------|-----------------------------------------------|
 //! | `coordinator::after_begin`         | 2PC BEGIN written, before any PREPARE is sent |
+//! | `coordinator::after_prepares_sent` | every PREPARE sent, first vote not yet counted|
 //! | `coordinator::after_commit_logged` | COMMIT fsynced, before anyone hears of it     |
+//! | `coordinator::after_first_commit`  | one shard acknowledged COMMIT, others pending |
 //! | `coordinator::before_end`          | every shard acknowledged, END not written     |
+//!
+//! `return` exits; `sleep(ms)` pauses the task there instead (the fail
+//! crate's own action), e.g. to widen a window for a SIGKILL.
 
 /// Exits the process when the named failpoint is armed.
 pub fn crash_point(name: &str) {

@@ -96,6 +96,12 @@ impl Oracle {
         });
     }
 
+    /// Appends entries recorded elsewhere (e.g. one round's oracle into the
+    /// whole run's), keeping their order.
+    pub fn extend(&self, entries: impl IntoIterator<Item = OracleEntry>) {
+        self.lock().extend(entries);
+    }
+
     /// A copy of every entry, in the order recorded.
     pub fn entries(&self) -> Vec<OracleEntry> {
         self.lock().clone()
