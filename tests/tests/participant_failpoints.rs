@@ -76,3 +76,54 @@ async fn participant_crash_after_applying_commit_ends_committed() {
     init_tracing();
     crash_participant_at("participant::after_commit_applied", Outcome::Committed).await;
 }
+
+/// A failpoint can pause instead of exit (`sleep(ms)`, the fail crate's own
+/// action): a participant stalls after its durable YES, past the booking
+/// deadline. The coordinator must decide ABORT (DEADLINE) without that
+/// vote, and the late YES must not hold anything: the paused shard learns
+/// the ABORT and releases its seats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_paused_after_prepare_votes_too_late_and_is_released() {
+    init_tracing();
+    let mut test = start(Db::Sqlite).await;
+    let cluster = &mut test.cluster;
+    let mut request = two_shard_request(cluster, "PZ", "pz-paused").await;
+    request.timeout_ms = 500;
+    let victim = ProcessId::Participant(cluster.shard_of(&request.legs[0].flight_id));
+    cluster.set_env(
+        victim,
+        "FAILPOINTS",
+        "participant::after_prepare_commit=sleep(2000)",
+    );
+    cluster.restart(victim).await.expect("restart armed");
+
+    let oracle = Arc::new(Oracle::new());
+    let client = cluster.client().await.expect("connect");
+    let started = std::time::Instant::now();
+    let reply = client.book(request.clone()).await.expect("a final reply");
+    oracle.record(&request, &Ok(reply.clone()));
+    assert_eq!(reply.outcome, Outcome::Aborted as i32, "{reply:?}");
+    assert_eq!(
+        reply.abort.as_ref().map(|a| a.reason),
+        Some(AbortReason::Deadline as i32),
+        "{reply:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1_900),
+        "the coordinator answered at its deadline, not after the pause: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        cluster.is_running(victim),
+        "a paused participant is still running"
+    );
+
+    // The paused shard wakes up, sends its late YES, and is told ABORT.
+    assert_invariants(cluster, &oracle).await;
+    let booked: i64 = flight_summaries(cluster)
+        .await
+        .iter()
+        .map(|s| s.booked)
+        .sum();
+    assert_eq!(booked, 0, "nothing of an aborted booking is booked");
+}
