@@ -171,6 +171,10 @@ pub struct Cluster {
     ranges: Vec<(u32, u32)>,
     /// Extra environment per process, from the spec and [`Cluster::set_env`].
     process_env: BTreeMap<ProcessId, BTreeMap<String, String>>,
+    /// Where the coordinator sends shard i's traffic instead of the
+    /// participant itself (e.g. a fault-injecting proxy); see
+    /// [`Cluster::set_shard_address`].
+    shard_addresses: BTreeMap<usize, String>,
     /// The processes started and not yet killed, stopped or seen exited.
     running: BTreeMap<ProcessId, RunningProcess>,
 }
@@ -210,6 +214,7 @@ impl Cluster {
             data_dir,
             spec,
             process_env,
+            shard_addresses: BTreeMap::new(),
             running: BTreeMap::new(),
         };
         cluster.write_config()?;
@@ -220,7 +225,7 @@ impl Cluster {
         let shards: Vec<ShardEntry> = (0..self.shards())
             .map(|i| ShardEntry {
                 name: ProcessId::Participant(i).to_string(),
-                address: self.participant_url(i),
+                address: self.coordinator_shard_address(i),
                 partitions: self.ranges[i],
             })
             .collect();
@@ -326,6 +331,31 @@ impl Cluster {
     /// The gRPC address of shard i's participant.
     pub fn participant_url(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.participant_ports[i])
+    }
+
+    /// Where the coordinator sends shard i's traffic: the participant's own
+    /// address unless [`set_shard_address`](Self::set_shard_address) routed it elsewhere.
+    pub fn coordinator_shard_address(&self, i: usize) -> String {
+        self.shard_addresses
+            .get(&i)
+            .cloned()
+            .unwrap_or_else(|| self.participant_url(i))
+    }
+
+    /// Routes the coordinator's traffic for shard i through `url` (e.g. a
+    /// TCP proxy in front of the participant), or back to the participant
+    /// itself with `None`. Rewrites coordinator.toml; takes effect at the
+    /// coordinator's next (re)start. Participants keep calling the
+    /// coordinator directly (GetDecision), and admin calls made through
+    /// this `Cluster` (e.g. [`create_flight`](Self::create_flight)) still go
+    /// straight to the participant.
+    pub fn set_shard_address(&mut self, i: usize, url: Option<&str>) -> Result<(), ClusterError> {
+        self.check_id(ProcessId::Participant(i))?;
+        match url {
+            Some(url) => self.shard_addresses.insert(i, url.to_owned()),
+            None => self.shard_addresses.remove(&i),
+        };
+        self.write_config()
     }
 
     /// Shard i's database URL, as the participant and the checker open it.
@@ -566,6 +596,44 @@ mod tests {
             .is_empty());
         cluster.remove_env(ProcessId::Coordinator, "FAILPOINTS");
         assert!(cluster.launch_plan(ProcessId::Coordinator).env.is_empty());
+    }
+
+    #[test]
+    fn a_shard_address_can_be_routed_elsewhere_for_the_coordinator_only() {
+        let (_dir, mut cluster) = prepared(3);
+        let direct = cluster.participant_url(1);
+        cluster
+            .set_shard_address(1, Some("http://127.0.0.1:9"))
+            .unwrap();
+        let config = std::fs::read_to_string(cluster.config_path()).unwrap();
+        assert!(
+            config.contains("name = \"s1\"\naddress = \"http://127.0.0.1:9\"\n"),
+            "{config}"
+        );
+        assert!(!config.contains(&direct), "{config}");
+        assert!(
+            config.contains(&format!("address = \"{}\"", cluster.participant_url(0))),
+            "{config}"
+        );
+        assert_eq!(cluster.coordinator_shard_address(1), "http://127.0.0.1:9");
+        assert_eq!(
+            cluster.participant_url(1),
+            direct,
+            "the participant keeps its port"
+        );
+        let args = cluster.launch_plan(ProcessId::Participant(1)).args;
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--coordinator", cluster.coordinator_url().as_str()]),
+            "participants call the coordinator directly: {args:?}"
+        );
+        cluster.set_shard_address(1, None).unwrap();
+        let config = std::fs::read_to_string(cluster.config_path()).unwrap();
+        assert!(config.contains(&direct), "{config}");
+        assert!(matches!(
+            cluster.set_shard_address(3, Some("http://127.0.0.1:9")),
+            Err(ClusterError::InvalidSpec { .. })
+        ));
     }
 
     #[test]
