@@ -38,6 +38,17 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Tracing for the harness's own binaries (the soak): to stderr, `warn`
+/// unless `RUST_LOG` says otherwise.
+pub fn init_tracing_from_env() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Starts one coordinator and three participants as separate processes.
 /// PostgreSQL shards need the server binaries: without them this fails with
 /// a message naming the package to install, never skips.
@@ -233,3 +244,6 @@ pub async fn two_shard_request(cluster: &Cluster, prefix: &str, key: &str) -> Bo
         ..Default::default()
     }
 }
+
+pub mod harness;
+pub mod proxy;
