@@ -4,7 +4,8 @@
 //! Armed at run time with the `FAILPOINTS` environment variable, read once
 //! at start (`FAILPOINTS="coordinator::after_commit_logged=return"`). An armed
 //! point makes the process exit at once with status 137, as SIGKILL would:
-//! no reply, no flush, no phase 2. Unarmed points cost one atomic load.
+//! no reply, no flush, no phase 2. An unarmed point costs a read lock and a
+//! map lookup in the `fail` crate's registry: nothing next to an RPC.
 //!
 //! | name                               | where                                         |
 //! |------------------------------------|-----------------------------------------------|
@@ -13,6 +14,10 @@
 //! | `coordinator::after_commit_logged` | COMMIT fsynced, before anyone hears of it     |
 //! | `coordinator::after_first_commit`  | one shard acknowledged COMMIT, others pending |
 //! | `coordinator::before_end`          | every shard acknowledged, END not written     |
+//! | `coordinator::log_torn_write`      | a log batch is half written, fsynced; exit    |
+//! | `coordinator::log_fsync_fails`     | a log fsync fails: the log is poisoned        |
+//!
+//! The two log points live in `log/writer.rs` (see the `log` module docs).
 //!
 //! `return` exits; `sleep(ms)` pauses the task there instead (the fail
 //! crate's own action), e.g. to widen a window for a SIGKILL.

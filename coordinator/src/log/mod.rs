@@ -91,6 +91,24 @@
 //! [`Replayed::tail_cut`]. Corruption anywhere else is never cut silently:
 //! the error names the segment path and the byte offset of the bad frame, and
 //! no file is modified.
+//!
+//! # Failpoints
+//! Compiled into every build and armed at process start with the `FAILPOINTS`
+//! environment variable (the `fail` crate's syntax, as for
+//! `crate::failpoints`); unarmed, each costs one registry lookup per batch
+//! or per fsync.
+//!
+//! | name                          | what happens when it fires |
+//! |-------------------------------|----------------------------|
+//! | `coordinator::log_torn_write` | on a batch write: only the first half of the batch's first frame is written (always past its length and CRC, never all of it) and fsynced, so a torn record is really on disk; then, if the action's argument is a number, the writer sleeps that many milliseconds; then the process exits with status 137 as SIGKILL would. No waiter of the batch is woken. |
+//! | `coordinator::log_fsync_fails`| on a writer fsync (a Forced batch, a rotation, the last fsync at shutdown; never when nothing is unsynced): the fsync returns an I/O error without syncing, which poisons the log as a real failure does. |
+//!
+//! Batch writes are counted per batch, so the fail crate's counts pick one:
+//! `FAILPOINTS="coordinator::log_torn_write=1*off->return(300)"` lets the
+//! first batch through and tears the second. For one two-shard booking on
+//! an idle coordinator the first batch is its BEGIN (Written, no fsync) and
+//! the second its COMMIT or ABORT (Forced, the first fsync), so
+//! `coordinator::log_fsync_fails=return` fails the decision's fsync.
 
 mod bench;
 mod decision_log;

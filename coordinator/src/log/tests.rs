@@ -260,6 +260,37 @@ async fn torn_tail_is_cut_at_every_cut_point_and_appends_continue() {
 }
 
 #[tokio::test]
+async fn the_torn_write_failpoint_leaves_a_torn_tail_past_the_length_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let appended = log_with_records(dir.path(), 3).await;
+    let path = segment_path(dir.path(), 1);
+    let end = file_len(&path);
+    let frame = frame::encode(&full_record(RecordKind::Commit, 3)).expect("encode");
+    let torn = super::writer::torn_prefix_len(&frame);
+    assert!(
+        torn > frame::FRAME_HEADER_BYTES && torn < frame.len(),
+        "{torn} of {} bytes: past the header, not the whole frame",
+        frame.len()
+    );
+    let mut file = OpenOptions::new().append(true).open(&path).expect("open");
+    std::io::Write::write_all(&mut file, &frame[..torn]).expect("write");
+    drop(file);
+
+    let (log, replayed) = open(dir.path());
+    assert_eq!(replayed.records, appended);
+    assert_eq!(
+        replayed.tail_cut,
+        Some(TailCut {
+            segment: path.clone(),
+            offset: end,
+            bytes_cut: torn as u64,
+        })
+    );
+    assert_eq!(file_len(&path), end, "the torn record is cut");
+    log.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
 async fn flipped_byte_in_the_last_record_is_a_torn_tail() {
     let dir = tempfile::tempdir().expect("tempdir");
     let appended = log_with_records(dir.path(), 5).await;

@@ -3,6 +3,10 @@
 //! queued at that moment, writes them with one write, fsyncs once if any of
 //! them asked for `Forced`, then wakes them all: group commit. A failed
 //! write or fsync poisons the log for good.
+//!
+//! Two failpoints (see "Failpoints" in the module docs of `log`) let the
+//! fault-injection suite damage the log from a real process: [`TORN_WRITE`]
+//! and [`FSYNC_FAILS`].
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +14,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::frame::FRAME_HEADER_BYTES;
 use super::segment::{Segment, HEADER_BYTES};
 use super::stats::Counters;
 use super::{Durability, LogError, LogOptions, Position};
@@ -18,6 +23,15 @@ use super::{Durability, LogError, LogOptions, Position};
 pub(crate) const QUEUE_DEPTH_MAX: usize = 16 * 1024;
 /// A batch stops taking records once its frames reach this many bytes.
 const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Failpoint: a batch write is torn. Only the first half of the batch's
+/// first frame is written (always past its length and CRC), fsynced, and the
+/// process exits with status 137 as SIGKILL would, after sleeping the
+/// action's argument in milliseconds when it is a number. Nobody is woken.
+pub(crate) const TORN_WRITE: &str = "coordinator::log_torn_write";
+/// Failpoint: a writer fsync (batch, rotation or the last one at shutdown)
+/// fails with an I/O error instead of syncing, which poisons the log.
+pub(crate) const FSYNC_FAILS: &str = "coordinator::log_fsync_fails";
 
 /// A message to the writer.
 pub(crate) enum Request {
@@ -170,6 +184,9 @@ impl Writer {
             });
             buffer.extend_from_slice(&append.frame);
         }
+        if let Some(delay) = fail::eval(TORN_WRITE, |arg| arg) {
+            self.tear_and_exit(&buffer, delay.as_deref());
+        }
         // (2) One write of every frame of the batch.
         self.write(&buffer)?;
         // (3) One fsync if anyone asked for it; every record with group commit off.
@@ -226,22 +243,50 @@ impl Writer {
         Ok(())
     }
 
-    #[cfg(test)]
+    /// The unit tests' per-log hook, or the [`FSYNC_FAILS`] failpoint: this
+    /// fsync fails as if the disk had failed, without syncing anything.
     fn injected_fsync_failure(&self) -> Result<(), LogError> {
-        if self.shared.fail_next_fsync.swap(false, Ordering::AcqRel) {
-            let source = std::io::Error::other("injected fsync failure");
-            let context = format!(
+        #[cfg(test)]
+        let hook = self.shared.fail_next_fsync.swap(false, Ordering::AcqRel);
+        #[cfg(not(test))]
+        let hook = false;
+        let cause = if hook {
+            "injected fsync failure"
+        } else if fail::eval(FSYNC_FAILS, |_| ()).is_some() {
+            "injected fsync failure (failpoint coordinator::log_fsync_fails)"
+        } else {
+            return Ok(());
+        };
+        Err(LogError::Io {
+            context: format!(
                 "fsync segment {}",
                 super::segment::file_name(self.segment.seq())
-            );
-            return Err(LogError::Io { context, source });
-        }
-        Ok(())
+            ),
+            source: std::io::Error::other(cause),
+        })
     }
 
-    #[cfg(not(test))]
-    fn injected_fsync_failure(&self) -> Result<(), LogError> {
-        Ok(())
+    /// The [`TORN_WRITE`] failpoint fired on a batch about to be written as
+    /// `buffer` (which starts at a frame boundary): write a torn prefix of
+    /// its first frame, fsync it so the torn record is really on disk, wait
+    /// `delay_ms` if it is a number, then exit as if killed. Nobody is woken.
+    fn tear_and_exit(&mut self, buffer: &[u8], delay_ms: Option<&str>) -> ! {
+        let torn = torn_prefix_len(buffer);
+        let at = self.written;
+        let result = self
+            .segment
+            .write(&buffer[..torn])
+            .and_then(|()| self.segment.sync());
+        eprintln!(
+            "failpoint {TORN_WRITE} fired: wrote {torn} of {} bytes of the batch at segment {} offset {} ({result:?}); exiting as if killed",
+            buffer.len(),
+            super::segment::file_name(at.segment),
+            at.offset,
+        );
+        if let Some(ms) = delay_ms.and_then(|arg| arg.trim().parse::<u64>().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        std::process::exit(137)
     }
 
     /// Logs the first failure once at ERROR and refuses all further writes.
@@ -319,6 +364,17 @@ fn wake(appends: Vec<Append>, positions: Vec<Position>) {
     for (append, position) in appends.into_iter().zip(positions) {
         let _ = append.reply.send(Ok(position));
     }
+}
+
+/// How much of `buffer`'s first frame a torn write keeps: half of it, but
+/// at least its 8-byte header and one payload byte (so the length field is
+/// whole and the record is really torn, not missing), and never all of it.
+pub(crate) fn torn_prefix_len(buffer: &[u8]) -> usize {
+    let length: [u8; 4] = buffer[..4]
+        .try_into()
+        .expect("a batch holds at least one whole frame");
+    let frame = FRAME_HEADER_BYTES + u32::from_le_bytes(length) as usize;
+    (frame / 2).max(FRAME_HEADER_BYTES + 1).min(frame - 1)
 }
 
 fn wake_poisoned(appends: Vec<Append>) {
