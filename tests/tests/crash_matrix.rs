@@ -1,0 +1,102 @@
+//! The crash matrix of DESIGN.md "Failures we test by causing them": every
+//! failpoint × the process it lives in, plus a SIGKILL of each kind of
+//! process at a random instant, each as one round of the crash harness
+//! (load recorded in the oracle, crash, random downtime, restart, retry the
+//! unanswered, quiescence, the four invariants, a new booking commits).
+//! All of it on SQLite shards; a representative subset on PostgreSQL.
+
+use std::time::Duration;
+
+use booking_client::ProcessId;
+use booking_tests::harness::{CrashHarness, Fault, COORDINATOR_FAILPOINTS, PARTICIPANT_FAILPOINTS};
+use booking_tests::*;
+use rand::Rng;
+
+const SEED: u64 = 0x5eed_0004;
+
+async fn run_matrix(db: Db, faults: Vec<Fault>) {
+    let mut harness = CrashHarness::start(db, SEED).await;
+    let mut failed = Vec::new();
+    for fault in faults {
+        let report = harness
+            .round(fault.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{fault}: {e:#}"));
+        tracing::info!("{report}");
+        eprintln!("{db:?}: {report}");
+        assert!(report.fired, "{fault}: the failpoint never fired");
+        assert!(
+            report.acknowledged > 0,
+            "{fault}: the load got no answer at all"
+        );
+        if !report.violations.is_empty() {
+            failed.push(format!("{fault}:\n{}", report.violations.join("\n")));
+        }
+    }
+    assert!(failed.is_empty(), "violations:\n{}", failed.join("\n\n"));
+}
+
+/// A failpoint armed to fire after a few passes, so not always on the first
+/// booking.
+fn armed(harness_rng: &mut impl Rng, process: ProcessId, failpoint: &'static str) -> Fault {
+    Fault::Failpoint {
+        process,
+        failpoint,
+        skip: harness_rng.gen_range(0..4),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_matrix_on_sqlite_shards() {
+    init_tracing();
+    let mut rng = rand::thread_rng();
+    let mut faults: Vec<Fault> = COORDINATOR_FAILPOINTS
+        .iter()
+        .map(|fp| armed(&mut rng, ProcessId::Coordinator, fp))
+        .collect();
+    for (i, fp) in PARTICIPANT_FAILPOINTS.iter().enumerate() {
+        faults.push(armed(&mut rng, ProcessId::Participant(i + 1), fp));
+    }
+    faults.push(Fault::Kill {
+        process: ProcessId::Coordinator,
+        after: Duration::from_millis(rng.gen_range(100..1_000)),
+    });
+    faults.push(Fault::Kill {
+        process: ProcessId::Participant(0),
+        after: Duration::from_millis(rng.gen_range(100..1_000)),
+    });
+    run_matrix(Db::Sqlite, faults).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_matrix_subset_on_postgres_shards() {
+    init_tracing();
+    let mut rng = rand::thread_rng();
+    let faults = vec![
+        armed(
+            &mut rng,
+            ProcessId::Coordinator,
+            "coordinator::after_commit_logged",
+        ),
+        armed(
+            &mut rng,
+            ProcessId::Coordinator,
+            "coordinator::after_first_commit",
+        ),
+        armed(
+            &mut rng,
+            ProcessId::Participant(1),
+            "participant::after_prepare_commit",
+        ),
+        armed(
+            &mut rng,
+            ProcessId::Participant(2),
+            "participant::after_commit_applied",
+        ),
+        Fault::Kill {
+            process: ProcessId::Participant(0),
+            after: Duration::from_millis(rng.gen_range(100..1_000)),
+        },
+    ];
+    run_matrix(Db::Postgres, faults).await;
+}
