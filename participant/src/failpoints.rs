@@ -6,6 +6,7 @@
 //! |------------------------------------|------------------------------------------------------|
 //! | `participant::after_prepare_commit`| YES vote durable (local commit), before it is sent   |
 //! | `participant::after_commit_applied`| COMMIT applied and durable, before the acknowledgement|
+//! | `participant::before_compensation_commit`| a saga's COMPENSATE applied in the local transaction, not yet committed |
 
 /// Exits the process when the named failpoint is armed.
 pub fn crash_point(name: &str) {

@@ -97,6 +97,9 @@ impl Store {
         for op in ops {
             results.push(apply::apply_op(&mut tx, &ctx, op).await?);
         }
+        if ops.iter().any(|op| matches!(op, Op::Compensate(_))) {
+            crate::failpoints::crash_point("participant::before_compensation_commit");
+        }
         tx.commit().await?;
         Ok(results)
     }
