@@ -273,6 +273,7 @@ impl Core {
         plan: Plan,
         timeout: Duration,
     ) -> Result<BookReply, BookError> {
+        let deadline = Instant::now() + timeout;
         let header = plan.header.clone();
         let (shard, legs) = plan
             .by_shard
@@ -295,7 +296,9 @@ impl Core {
                 warn!(%error, "BOOK_LOCAL got no answer; resolving the outcome with the shard");
                 let reply = self.registry_watch(header.txid);
                 self.spawn_resolve(header.clone(), shard, error.to_string());
-                await_reply(header.txid, reply, timeout).await
+                // Whatever is left of the caller's deadline, not a second one.
+                let left = deadline.saturating_duration_since(Instant::now());
+                await_reply(header.txid, reply, left).await
             }
         }
     }
