@@ -191,15 +191,29 @@ fn stats(snapshot: &Snapshot, oracle: &[OracleEntry]) -> Stats {
 /// How often [`wait_quiescent`] looks again.
 const QUIESCENCE_POLL: Duration = Duration::from_millis(100);
 
-/// Waits until no shard has a held seat or a prepared transaction. A shard
-/// that cannot be read (restarting) counts as not quiescent yet. On timeout
-/// the error says what is still held, and where.
+/// Waits until no shard has a held seat or a prepared transaction, and no
+/// saga is booked on some shards only (its compensation still running). A
+/// shard that cannot be read (restarting) counts as not quiescent yet. On
+/// timeout the error says what is still unsettled, and where.
 pub async fn wait_quiescent(shard_urls: &[String], timeout: Duration) -> Result<(), CheckError> {
     let started = Instant::now();
     loop {
-        let (held_seats, prepared_txns, detail) = unsettled(shard_urls).await;
+        let (held_seats, prepared_txns, mut detail) = unsettled(shard_urls).await;
         if held_seats == 0 && prepared_txns == 0 && detail.is_empty() {
-            return Ok(());
+            match Snapshot::read(shard_urls).await {
+                Ok(snapshot) => {
+                    let partial = invariants::sagas_in_flight(&invariants::Index::new(&snapshot));
+                    if partial.is_empty() {
+                        return Ok(());
+                    }
+                    detail.push(format!(
+                        "{} sagas booked on some shards only, e.g. {}",
+                        partial.len(),
+                        partial[..partial.len().min(3)].join(", ")
+                    ));
+                }
+                Err(error) => detail.push(format!("unreadable: {}", crate::error_chain(&error))),
+            }
         }
         if started.elapsed() >= timeout {
             let waited = started.elapsed();

@@ -41,7 +41,7 @@ use crate::registry::{now_ms, NewTxn, Registered, Registry};
 use crate::shards::ShardClients;
 
 /// Time a single phase-2 message may take before it is retried.
-const PHASE_TWO_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const PHASE_TWO_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Retry backoff bounds for phase 2 and one-phase resolution.
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -59,8 +59,6 @@ pub enum BookError {
     Overloaded { inflight_max: usize },
     #[error("booking {txid} is still being resolved (a shard did not answer); retry with the same idempotency key")]
     StillInProgress { txid: Uuid },
-    #[error("mode SAGA is not available in this build yet; book with mode TWO_PHASE")]
-    SagaUnavailable,
     #[error("the decision log failed; the coordinator is stopping: {0}")]
     Log(#[from] LogError),
 }
@@ -112,9 +110,6 @@ impl Core {
     /// Books an itinerary: the entry point of `Coordinator.Book`.
     pub async fn book(self: &Arc<Self>, request: BookRequest) -> Result<BookReply, BookError> {
         validate::book_request(&request)?;
-        if request.mode == Mode::Saga as i32 {
-            return Err(BookError::SagaUnavailable);
-        }
         let timeout_ms = if request.timeout_ms == 0 {
             self.default_timeout_ms
         } else {
@@ -142,6 +137,15 @@ impl Core {
         let span = tracing::info_span!("book", %txid, key = %request.idempotency_key);
         let result = if plan.by_shard.len() == 1 {
             self.one_phase(plan, timeout).instrument(span).await
+        } else if plan.header.mode == Mode::Saga {
+            let Plan {
+                header,
+                by_shard,
+                itinerary_legs,
+            } = plan;
+            self.saga(header, by_shard, itinerary_legs, timeout)
+                .instrument(span)
+                .await
         } else {
             self.two_phase(plan, timeout_ms).instrument(span).await
         };
@@ -431,6 +435,10 @@ impl Core {
         self.map.index_of(name)
     }
 
+    pub(crate) fn shards(&self) -> &ShardClients {
+        &self.shards
+    }
+
     pub(crate) fn log(&self) -> &DecisionLog {
         &self.log
     }
@@ -524,16 +532,16 @@ fn resolved_reply(header: &TxnHeader, answer: ResolveReply, cause: &str) -> Opti
 }
 
 /// Exponential backoff with jitter, bounded.
-struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
 }
 
 impl Backoff {
-    fn new() -> Backoff {
+    pub(crate) fn new() -> Backoff {
         Backoff { next: BACKOFF_MIN }
     }
 
-    async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         let jitter = rand::random::<f64>() * 0.5 + 0.75;
         tokio::time::sleep(self.next.mul_f64(jitter)).await;
         self.next = (self.next * 2).min(BACKOFF_MAX);

@@ -1,7 +1,8 @@
 //! The two-phase-commit coordinator for cross-shard seat bookings.
 //!
 //! It takes an itinerary, splits it by shard (`config::ShardMap`), runs
-//! one-phase or two-phase commit against the participants (`core`), forces
+//! one-phase or two-phase commit (or a saga, `saga`) against the
+//! participants (`core`), forces
 //! its decisions to the decision log (`log`), answers participants'
 //! `GetDecision`, and after a restart finishes every transaction the log
 //! leaves open (`recovery`). It holds no inventory.
@@ -14,6 +15,7 @@ pub mod protocol;
 pub mod records;
 pub mod recovery;
 pub mod registry;
+mod saga;
 pub mod server;
 pub mod service;
 pub mod shards;

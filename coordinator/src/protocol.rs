@@ -164,6 +164,11 @@ impl TxnHistory {
 /// |                                    |                  | was told COMMITTED, no COMMIT record exists            |
 /// | one-phase BEGIN only               | ResolveOnePhase  | ask the shard (Resolve fences an unknown txid), log the|
 /// |                                    |                  | outcome it reports: the shard's local commit decided   |
+/// | multi-shard SAGA_BEGIN only        | FinishSaga       | ask every shard (Resolve fences); all booked: log      |
+/// |                                    |                  | COMMIT; else log ABORT and compensate every shard      |
+///
+/// For a saga, RedriveCommit only writes END (every leg is already a local
+/// commit) and RedriveAbort compensates every shard again (idempotent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecoveryCase {
     Ended,
@@ -171,6 +176,7 @@ pub enum RecoveryCase {
     RedriveAbort,
     AbortUndecided,
     ResolveOnePhase,
+    FinishSaga,
 }
 
 pub fn recovery_case(history: &TxnHistory) -> RecoveryCase {
@@ -190,6 +196,8 @@ pub fn recovery_case(history: &TxnHistory) -> RecoveryCase {
         .expect("a history holds at least one record");
     if begin.one_phase {
         RecoveryCase::ResolveOnePhase
+    } else if begin.kind == RecordKind::SagaBegin as i32 {
+        RecoveryCase::FinishSaga
     } else {
         RecoveryCase::AbortUndecided
     }
@@ -306,6 +314,12 @@ mod tests {
         let cases = [
             (vec![record(Begin, false)], RecoveryCase::AbortUndecided),
             (vec![record(Begin, true)], RecoveryCase::ResolveOnePhase),
+            (vec![record(SagaBegin, false)], RecoveryCase::FinishSaga),
+            (vec![record(SagaBegin, true)], RecoveryCase::ResolveOnePhase),
+            (
+                vec![record(SagaBegin, false), record(Abort, false)],
+                RecoveryCase::RedriveAbort,
+            ),
             (
                 vec![record(Begin, false), record(Commit, false)],
                 RecoveryCase::RedriveCommit,

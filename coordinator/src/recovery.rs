@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use booking_proto::log_v1::LogRecord;
-use booking_proto::v1::{AbortDetail, AbortReason};
+use booking_proto::v1::{AbortDetail, AbortReason, Mode};
 use tracing::{error, info};
 use uuid::Uuid;
 
@@ -40,6 +40,7 @@ pub struct RecoveryReport {
     pub redrive_abort: usize,
     pub abort_undecided: usize,
     pub resolve_one_phase: usize,
+    pub finish_saga: usize,
 }
 
 /// Groups records by txid, in order of first appearance.
@@ -102,11 +103,25 @@ pub fn recover(core: &Arc<Core>, replayed: &Replayed) -> Result<RecoveryReport, 
                 core.registry
                     .restore(restored_txn(&header, begun_at), reply, false, decided_at);
                 let shards = shard_indexes(core, &header);
-                core.spawn_phase_two(header, commit, shards);
+                match (header.mode, commit) {
+                    (Mode::Saga, true) => {
+                        let core = Arc::clone(core);
+                        tokio::spawn(async move { core.finish_saga_commit(header).await });
+                    }
+                    (Mode::Saga, false) => core.spawn_compensation(header, shards),
+                    (_, commit) => core.spawn_phase_two(header, commit, shards),
+                }
             }
             RecoveryCase::AbortUndecided => {
                 report.abort_undecided += 1;
                 abort_undecided(core, header, begun_at);
+            }
+            RecoveryCase::FinishSaga => {
+                report.finish_saga += 1;
+                core.registry
+                    .restore(restored_txn(&header, begun_at), None, false, 0);
+                let shards = shard_indexes(core, &header);
+                core.recover_saga(header, shards);
             }
             RecoveryCase::ResolveOnePhase => {
                 report.resolve_one_phase += 1;

@@ -34,7 +34,6 @@ fn book_status(error: BookError) -> Status {
     match error {
         BookError::Invalid(_) => Status::invalid_argument(message),
         BookError::KeyReused { .. } => Status::failed_precondition(message),
-        BookError::SagaUnavailable => Status::unimplemented(message),
         BookError::Overloaded { .. } => {
             let mut status = Status::resource_exhausted(message);
             let hint = RETRY_AFTER_MS

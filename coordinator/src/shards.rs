@@ -109,6 +109,17 @@ impl ShardClients {
             .await
     }
 
+    pub async fn compensate(
+        &self,
+        shard: usize,
+        txid: String,
+        timeout: Duration,
+    ) -> Result<Ack, ShardCallError> {
+        let mut client = self.clients[shard].clone();
+        self.call(shard, timeout, client.compensate(DecisionRequest { txid }))
+            .await
+    }
+
     pub async fn resolve(
         &self,
         shard: usize,

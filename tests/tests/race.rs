@@ -2,18 +2,19 @@
 //! itineraries of 2–3 legs across three shards, for flights with far fewer
 //! seats than demanded, on SQLite shards and on PostgreSQL shards.
 //! Afterwards the checker reads the shard databases directly, and every
-//! contested flight must be sold out exactly.
+//! contested flight must be sold out exactly. The race runs in both modes.
 
 use std::sync::Arc;
 
 use booking_client::checker::Oracle;
+use booking_proto::v1::{BookRequest, Mode};
 use booking_tests::*;
 
 const ITINERARIES: usize = 600;
 const CONTESTED: usize = 5;
 const ROOMY: usize = 6;
 
-async fn contested_race_sells_every_hot_flight_out_exactly(db: Db) {
+async fn contested_race_sells_every_hot_flight_out_exactly(db: Db, mode: Mode) {
     init_tracing();
     let test = start(db).await;
     let cluster = &test.cluster;
@@ -22,7 +23,10 @@ async fn contested_race_sells_every_hot_flight_out_exactly(db: Db) {
         tracing::info!("phase 1: {ITINERARIES} itineraries at once");
         let client = cluster.client().await.expect("connect to the coordinator");
         let requests = (0..ITINERARIES)
-            .map(|n| race_itinerary(cluster, &flights, n, "race"))
+            .map(|n| BookRequest {
+                mode: mode as i32,
+                ..race_itinerary(cluster, &flights, n, "race")
+            })
             .collect();
         let oracle = Arc::new(Oracle::new());
         book_all_at_once(&client, requests, &oracle).await;
@@ -77,10 +81,23 @@ async fn contested_race_sells_every_hot_flight_out_exactly(db: Db) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn race_on_sqlite_shards() {
-    contested_race_sells_every_hot_flight_out_exactly(Db::Sqlite).await;
+    contested_race_sells_every_hot_flight_out_exactly(Db::Sqlite, Mode::TwoPhase).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn race_on_postgres_shards() {
-    contested_race_sells_every_hot_flight_out_exactly(Db::Postgres).await;
+    contested_race_sells_every_hot_flight_out_exactly(Db::Postgres, Mode::TwoPhase).await;
+}
+
+/// The same race in saga mode: legs are booked by local commits and a
+/// saga whose contested leg is sold out compensates its roomy legs, so the
+/// same exact totals must hold once everything is quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_race_on_sqlite_shards() {
+    contested_race_sells_every_hot_flight_out_exactly(Db::Sqlite, Mode::Saga).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_race_on_postgres_shards() {
+    contested_race_sells_every_hot_flight_out_exactly(Db::Postgres, Mode::Saga).await;
 }

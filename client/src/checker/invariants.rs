@@ -374,6 +374,29 @@ fn whole_itinerary_booked(
     found
 }
 
+/// Sagas (local-commit txids) booked on some shards but not all of their
+/// legs: a compensation or a recovery is still running. Not quiescent yet;
+/// at quiescence each would be a partial itinerary.
+pub(crate) fn sagas_in_flight(index: &Index<'_>) -> Vec<String> {
+    let txids: BTreeSet<&str> = index
+        .shards
+        .iter()
+        .flat_map(|s| s.shard.txns.iter())
+        .filter(|t| t.kind == "local" && t.state == "committed" && t.itinerary_legs > 1)
+        .map(|t| t.txid.as_str())
+        .collect();
+    txids
+        .into_iter()
+        .filter(|txid| {
+            let records = index.txn_records(txid);
+            let itinerary_legs = records.iter().map(|(_, t)| t.itinerary_legs).max();
+            let booked = flights_booked_by(index, txid).len() as i64;
+            records.iter().any(|(_, t)| t.state != "committed") || Some(booked) != itinerary_legs
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The flights (as `shard N: FLIGHT`) on which `txid` has booked seats.
 fn flights_booked_by(index: &Index<'_>, txid: &str) -> Vec<String> {
     let mut flights = BTreeSet::new();
