@@ -30,20 +30,28 @@ use rand::{Rng, SeedableRng};
 use crate::{start, two_shard_request, Db, TestCluster};
 
 /// Failpoints of the coordinator that a booking load reaches.
-pub const COORDINATOR_FAILPOINTS: [&str; 6] = [
+pub const COORDINATOR_FAILPOINTS: [&str; 9] = [
     "coordinator::after_begin",
     "coordinator::after_prepares_sent",
     "coordinator::after_commit_logged",
     "coordinator::after_first_commit",
     "coordinator::before_end",
     "coordinator::log_torn_write",
+    "coordinator::saga_after_intent",
+    "coordinator::saga_after_leg",
+    "coordinator::saga_mid_compensation",
 ];
 
 /// Failpoints of a participant that a booking load reaches.
-pub const PARTICIPANT_FAILPOINTS: [&str; 2] = [
+pub const PARTICIPANT_FAILPOINTS: [&str; 3] = [
     "participant::after_prepare_commit",
     "participant::after_commit_applied",
+    "participant::before_compensation_commit",
 ];
+
+/// Share of each round's itineraries booked in saga mode, so that the saga
+/// failpoints are reached too.
+const SAGA_PERCENT: u8 = 30;
 
 /// How long after a crash everything must be settled again.
 const QUIESCENCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -250,6 +258,7 @@ impl CrashHarness {
             spec.key_prefix = format!("r{round}");
             spec.seed = self.rng.gen();
             spec.timeout_ms = 2_000;
+            spec.saga_percent = SAGA_PERCENT;
             let client = client.clone();
             let oracle = Arc::clone(&round_oracle);
             tokio::spawn(async move { load::run(&client, &spec, &oracle).await })

@@ -55,7 +55,7 @@ async fn crash_matrix_on_sqlite_shards() {
         .map(|fp| armed(&mut rng, ProcessId::Coordinator, fp))
         .collect();
     for (i, fp) in PARTICIPANT_FAILPOINTS.iter().enumerate() {
-        faults.push(armed(&mut rng, ProcessId::Participant(i + 1), fp));
+        faults.push(armed(&mut rng, ProcessId::Participant((i + 1) % 3), fp));
     }
     faults.push(Fault::Kill {
         process: ProcessId::Coordinator,
@@ -92,6 +92,11 @@ async fn crash_matrix_subset_on_postgres_shards() {
             &mut rng,
             ProcessId::Participant(2),
             "participant::after_commit_applied",
+        ),
+        armed(
+            &mut rng,
+            ProcessId::Coordinator,
+            "coordinator::saga_mid_compensation",
         ),
         Fault::Kill {
             process: ProcessId::Participant(0),
