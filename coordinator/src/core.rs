@@ -38,7 +38,7 @@ use crate::log::{DecisionLog, Durability, LogError};
 use crate::protocol::{Decided, VoteEvent, VoteTally};
 use crate::records::{fingerprint, TxnHeader};
 use crate::registry::{now_ms, NewTxn, Registered, Registry};
-use crate::shards::ShardClients;
+use crate::shards::{Decision, ShardClients};
 
 /// Time a single phase-2 message may take before it is retried.
 pub(crate) const PHASE_TWO_CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -219,7 +219,12 @@ impl Core {
         }
         self.registry.decide(header.txid, reply.clone());
         info!(outcome = if commit { "COMMIT" } else { "ABORT" }, "decided");
-        self.spawn_phase_two(header.clone(), commit, shards);
+        let decision = if commit {
+            Decision::Commit
+        } else {
+            Decision::Abort
+        };
+        self.spawn_phase_two(header.clone(), decision, shards);
         Ok(reply)
     }
 
@@ -363,23 +368,23 @@ impl Core {
         );
     }
 
-    /// Phase 2: delivers the decision to every shard until each
-    /// acknowledges, then writes END.
+    /// Phase 2 (or a saga's compensation): delivers `decision` to every
+    /// shard until each acknowledges, then writes END.
     pub(crate) fn spawn_phase_two(
         self: &Arc<Self>,
         header: TxnHeader,
-        commit: bool,
+        decision: Decision,
         shards: Vec<usize>,
     ) {
         let core = Arc::clone(self);
-        let span = tracing::info_span!("phase_two", txid = %header.txid, commit);
+        let span = tracing::info_span!("phase_two", txid = %header.txid, ?decision);
         tokio::spawn(
             async move {
                 let txid = header.txid.to_string();
                 let delivered = futures::future::join_all(
                     shards
                         .iter()
-                        .map(|shard| core.deliver(&txid, commit, *shard)),
+                        .map(|shard| core.deliver(&txid, decision, *shard)),
                 )
                 .await;
                 if delivered.iter().all(|ok| *ok) {
@@ -396,35 +401,32 @@ impl Core {
         );
     }
 
-    async fn deliver(&self, txid: &str, commit: bool, shard: usize) -> bool {
+    async fn deliver(&self, txid: &str, decision: Decision, shard: usize) -> bool {
         let mut backoff = Backoff::new();
         loop {
-            let result = if commit {
-                self.shards
-                    .commit(shard, txid.to_string(), PHASE_TWO_CALL_TIMEOUT)
-                    .await
-            } else {
-                self.shards
-                    .abort(shard, txid.to_string(), PHASE_TWO_CALL_TIMEOUT)
-                    .await
-            };
+            let result = self
+                .shards
+                .decide(shard, decision, txid.to_string(), PHASE_TWO_CALL_TIMEOUT)
+                .await;
             match result {
                 Ok(_) => {
-                    if commit {
-                        // One shard has applied COMMIT; the others may not
-                        // have heard it yet.
-                        crash_point("coordinator::after_first_commit");
+                    // One shard has applied it; the others may not have
+                    // heard it yet.
+                    match decision {
+                        Decision::Commit => crash_point("coordinator::after_first_commit"),
+                        Decision::Compensate => crash_point("coordinator::saga_mid_compensation"),
+                        Decision::Abort => {}
                     }
                     return true;
                 }
                 Err(error) if error.is_refusal() => {
                     // A shard refusing the decision breaks an invariant;
                     // leave the transaction un-ended so operators see it.
-                    error!(%error, shard = self.shards.name(shard), "PROTOCOL VIOLATION: shard refused the decision");
+                    error!(%error, shard = self.shards.name(shard), ?decision, "PROTOCOL VIOLATION: shard refused the decision");
                     return false;
                 }
                 Err(error) => {
-                    tracing::debug!(%error, "phase-2 message not acknowledged; retrying");
+                    tracing::debug!(%error, "decision not acknowledged; retrying");
                     backoff.wait().await;
                 }
             }

@@ -20,6 +20,7 @@ use crate::core::{reply_of, restored_txn, Core};
 use crate::log::{Durability, Replayed};
 use crate::protocol::{recovery_case, Decided, RecoveryCase, TxnHistory};
 use crate::records::TxnHeader;
+use crate::shards::Decision;
 
 /// A log record whose txid is not 16 bytes passed its checksum: a bug in
 /// whoever wrote it.
@@ -108,8 +109,11 @@ pub fn recover(core: &Arc<Core>, replayed: &Replayed) -> Result<RecoveryReport, 
                         let core = Arc::clone(core);
                         tokio::spawn(async move { core.finish_saga_commit(header).await });
                     }
-                    (Mode::Saga, false) => core.spawn_compensation(header, shards),
-                    (_, commit) => core.spawn_phase_two(header, commit, shards),
+                    (Mode::Saga, false) => {
+                        core.spawn_phase_two(header, Decision::Compensate, shards)
+                    }
+                    (_, true) => core.spawn_phase_two(header, Decision::Commit, shards),
+                    (_, false) => core.spawn_phase_two(header, Decision::Abort, shards),
                 }
             }
             RecoveryCase::AbortUndecided => {
@@ -171,7 +175,7 @@ fn abort_undecided(core: &Arc<Core>, header: TxnHeader, begun_at: u64) {
             core.fatal().cancel();
             return;
         }
-        core.spawn_phase_two(header, false, shards);
+        core.spawn_phase_two(header, Decision::Abort, shards);
     });
 }
 

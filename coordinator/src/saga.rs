@@ -37,7 +37,7 @@ use crate::failpoints::crash_point;
 use crate::log::Durability;
 use crate::protocol::Decided;
 use crate::records::TxnHeader;
-use crate::shards::ShardCallError;
+use crate::shards::{Decision, ShardCallError};
 
 impl Core {
     /// Runs a saga over two or more shards and returns the client's reply.
@@ -125,58 +125,9 @@ impl Core {
             self.log().append(header.end(), Durability::Written).await?;
             self.registry.end(header.txid);
         } else {
-            self.spawn_compensation(header, shards);
+            self.spawn_phase_two(header, Decision::Compensate, shards);
         }
         Ok(reply)
-    }
-
-    /// Compensates the saga on every shard until each acknowledges, then
-    /// writes END. Compensating a shard that never booked leaves a fence.
-    pub(crate) fn spawn_compensation(self: &Arc<Self>, header: TxnHeader, shards: Vec<usize>) {
-        let core = Arc::clone(self);
-        let span = tracing::info_span!("compensate", txid = %header.txid);
-        tokio::spawn(
-            async move {
-                let txid = header.txid.to_string();
-                let compensated = futures::future::join_all(
-                    shards.iter().map(|shard| core.compensate(&txid, *shard)),
-                )
-                .await;
-                if compensated.iter().all(|ok| *ok) {
-                    if let Err(error) = core.log().append(header.end(), Durability::Written).await {
-                        error!(%error, "decision log failed writing a saga's END");
-                        core.fatal().cancel();
-                        return;
-                    }
-                    core.registry.end(header.txid);
-                }
-            }
-            .instrument(span),
-        );
-    }
-
-    async fn compensate(&self, txid: &str, shard: usize) -> bool {
-        let mut backoff = Backoff::new();
-        loop {
-            match self
-                .shards()
-                .compensate(shard, txid.to_string(), PHASE_TWO_CALL_TIMEOUT)
-                .await
-            {
-                Ok(_) => {
-                    crash_point("coordinator::saga_mid_compensation");
-                    return true;
-                }
-                Err(error) if error.is_refusal() => {
-                    error!(%error, shard = self.shards().name(shard), "PROTOCOL VIOLATION: shard refused a compensation");
-                    return false;
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "compensation not acknowledged; retrying");
-                    backoff.wait().await;
-                }
-            }
-        }
     }
 
     /// Recovery of a saga whose outcome is not in the log: ask every shard
@@ -228,7 +179,7 @@ impl Core {
                 if commit {
                     core.finish_saga_commit(header).await;
                 } else {
-                    core.spawn_compensation(header, shards);
+                    core.spawn_phase_two(header, Decision::Compensate, shards);
                 }
             }
             .instrument(span),

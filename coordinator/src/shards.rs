@@ -40,6 +40,17 @@ impl ShardCallError {
     }
 }
 
+/// What the coordinator tells a shard after the outcome is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// 2PC: held seats become booked.
+    Commit,
+    /// 2PC: held seats are released (an unknown txid is fenced).
+    Abort,
+    /// Saga: booked seats are released (an unknown txid is fenced).
+    Compensate,
+}
+
 /// Clients of every participant, indexed like `ShardMap::shards()`.
 #[derive(Clone)]
 pub struct ShardClients {
@@ -87,37 +98,21 @@ impl ShardClients {
         self.call(shard, timeout, client.book_local(request)).await
     }
 
-    pub async fn commit(
+    /// Sends a decision (phase 2 or a saga's compensation) for `txid`.
+    pub async fn decide(
         &self,
         shard: usize,
+        decision: Decision,
         txid: String,
         timeout: Duration,
     ) -> Result<Ack, ShardCallError> {
         let mut client = self.clients[shard].clone();
-        self.call(shard, timeout, client.commit(DecisionRequest { txid }))
-            .await
-    }
-
-    pub async fn abort(
-        &self,
-        shard: usize,
-        txid: String,
-        timeout: Duration,
-    ) -> Result<Ack, ShardCallError> {
-        let mut client = self.clients[shard].clone();
-        self.call(shard, timeout, client.abort(DecisionRequest { txid }))
-            .await
-    }
-
-    pub async fn compensate(
-        &self,
-        shard: usize,
-        txid: String,
-        timeout: Duration,
-    ) -> Result<Ack, ShardCallError> {
-        let mut client = self.clients[shard].clone();
-        self.call(shard, timeout, client.compensate(DecisionRequest { txid }))
-            .await
+        let request = DecisionRequest { txid };
+        match decision {
+            Decision::Commit => self.call(shard, timeout, client.commit(request)).await,
+            Decision::Abort => self.call(shard, timeout, client.abort(request)).await,
+            Decision::Compensate => self.call(shard, timeout, client.compensate(request)).await,
+        }
     }
 
     pub async fn resolve(
