@@ -38,7 +38,7 @@ use crate::log::{DecisionLog, Durability, LogError};
 use crate::protocol::{Decided, VoteEvent, VoteTally};
 use crate::records::{fingerprint, TxnHeader};
 use crate::registry::{now_ms, NewTxn, Registered, Registry};
-use crate::shards::{Decision, ShardClients};
+use crate::shards::{Decision, ShardCallError, ShardClients};
 
 /// Time a single phase-2 message may take before it is retried.
 pub(crate) const PHASE_TWO_CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -266,6 +266,10 @@ impl Core {
                     }
                     let event = match result {
                         Ok(vote) => VoteEvent::Vote(vote),
+                        // Each call's time limit is what is left of the
+                        // deadline: its timeout is the deadline, whichever
+                        // of the two timers fires first.
+                        Err(ShardCallError::Timeout { .. }) => return tally.on_deadline(timeout_ms),
                         Err(error) => VoteEvent::Failed(error.to_string()),
                     };
                     if let Some(decided) = tally.on_vote(position, event) {
