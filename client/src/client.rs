@@ -323,6 +323,7 @@ impl ParticipantAdmin {
             ListTxnsRequest {
                 prepared_only,
                 limit,
+                txid: String::new(),
             },
             REQUEST_TIMEOUT_DEFAULT,
         );

@@ -10,7 +10,7 @@ use booking_proto::v1::coordinator_server::Coordinator;
 use booking_proto::v1::get_transaction_request::Key;
 use booking_proto::v1::{
     AbortReason, BookReply, BookRequest, GetDecisionReply, GetDecisionRequest, GetRouteReply,
-    GetRouteRequest, GetTransactionRequest, Outcome, TransactionStatus,
+    GetRouteRequest, GetTransactionRequest, Outcome, RetryTransactionRequest, TransactionStatus,
 };
 use booking_proto::validate;
 use prost::Message;
@@ -145,5 +145,13 @@ impl Coordinator for CoordinatorService {
             address: shard.address.clone(),
             flight_id,
         }))
+    }
+
+    async fn retry_transaction(
+        &self,
+        request: Request<RetryTransactionRequest>,
+    ) -> Result<Response<TransactionStatus>, Status> {
+        let txid = parse_txid("txid", &request.into_inner().txid)?;
+        Err(Status::unimplemented(format!("retry of {txid} is not built yet")))
     }
 }

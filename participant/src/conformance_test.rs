@@ -761,6 +761,7 @@ async fn list_txns_shows_prepared_ones(h: &Harness) {
     let only = ListTxnsRequest {
         prepared_only: true,
         limit: 1000,
+        txid: String::new(),
     };
     let rows = h
         .service
@@ -776,6 +777,7 @@ async fn list_txns_shows_prepared_ones(h: &Harness) {
     let all = ListTxnsRequest {
         prepared_only: false,
         limit: 2,
+        txid: String::new(),
     };
     let rows = h
         .service

@@ -13,7 +13,7 @@ use booking_proto::v1::participant_client::ParticipantClient;
 use booking_proto::v1::{
     BookReply, BookRequest, CreateFlightRequest, Decision, DecisionRequest, GetDecisionReply,
     GetDecisionRequest, GetFlightRequest, GetRouteReply, GetRouteRequest, GetTransactionRequest,
-    PrepareRequest, ShardLeg, TransactionStatus,
+    PrepareRequest, RetryTransactionRequest, ShardLeg, TransactionStatus,
 };
 use participant::Config;
 use tokio::sync::oneshot;
@@ -236,6 +236,13 @@ impl Coordinator for FakeCoordinator {
         &self,
         _: Request<GetRouteRequest>,
     ) -> Result<Response<GetRouteReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn retry_transaction(
+        &self,
+        _: Request<RetryTransactionRequest>,
+    ) -> Result<Response<TransactionStatus>, Status> {
         Err(Status::unimplemented("fake"))
     }
 }
