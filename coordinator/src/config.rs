@@ -71,6 +71,9 @@ pub struct Config {
     /// Group commit of the decision log; off only for the naive benchmark.
     #[serde(default = "default_true")]
     pub group_commit: bool,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP); none when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     pub shards: Vec<ShardConfig>,
 }
 
