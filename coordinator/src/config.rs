@@ -6,6 +6,9 @@
 //! log_dir = "data/log"
 //! partitions = 64
 //! default_timeout_ms = 2000
+//! # optional: inflight_max = 4096, segment_bytes_max = 67108864,
+//! # log_retention_secs = 600, group_commit = true,
+//! # metrics_listen = "127.0.0.1:9100"
 //! [[shards]]
 //! name = "s0"
 //! address = "http://127.0.0.1:7101"
@@ -51,6 +54,9 @@ fn default_segment_bytes_max() -> u64 {
 fn default_true() -> bool {
     true
 }
+fn default_log_retention_secs() -> u64 {
+    600
+}
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +77,11 @@ pub struct Config {
     /// Group commit of the decision log; off only for the naive benchmark.
     #[serde(default = "default_true")]
     pub group_commit: bool,
+    /// Retention: a closed log segment whose transactions all ended at least
+    /// this long ago is deleted, and its transactions forgotten (their
+    /// idempotency keys honoured no longer). See `crate::retention`.
+    #[serde(default = "default_log_retention_secs")]
+    pub log_retention_secs: u64,
     /// Where Prometheus scrapes `/metrics` (plain HTTP); none when absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -98,6 +109,11 @@ impl Config {
             source,
         })?;
         config.shard_map()?;
+        if config.segment_bytes_max < 4096 {
+            return Err(ConfigError::Invalid(
+                "segment_bytes_max must be at least 4096 bytes".into(),
+            ));
+        }
         if config.inflight_max == 0 {
             return Err(ConfigError::Invalid(
                 "inflight_max must be at least 1".into(),

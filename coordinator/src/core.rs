@@ -26,7 +26,7 @@ use booking_proto::v1::{
 };
 use booking_proto::validate::{self, InvalidField};
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
@@ -124,7 +124,10 @@ impl Core {
             })?;
         let plan = self.plan(&request);
         let txid = plan.header.txid;
-        match self.registry.register(new_txn(&plan.header)) {
+        match self
+            .registry
+            .register(restored_txn(&plan.header, now_ms(), self.log.current_segment()))
+        {
             Registered::New => {}
             Registered::Retry { txid, reply } => return await_reply(txid, reply, timeout).await,
             Registered::KeyReused { txid } => {
@@ -344,7 +347,7 @@ impl Core {
         let span = tracing::info_span!("resolve", txid = %header.txid);
         tokio::spawn(
             async move {
-                let mut backoff = Backoff::new();
+                let mut backoff = Backoff::new(core.registry.retry_signal(header.txid));
                 loop {
                     match core
                         .shards
@@ -388,7 +391,7 @@ impl Core {
                 let delivered = futures::future::join_all(
                     shards
                         .iter()
-                        .map(|shard| core.deliver(&txid, decision, *shard)),
+                        .map(|shard| core.deliver(header.txid, &txid, decision, *shard)),
                 )
                 .await;
                 if delivered.iter().all(|ok| *ok) {
@@ -405,8 +408,8 @@ impl Core {
         );
     }
 
-    async fn deliver(&self, txid: &str, decision: Decision, shard: usize) -> bool {
-        let mut backoff = Backoff::new();
+    async fn deliver(&self, id: Uuid, txid: &str, decision: Decision, shard: usize) -> bool {
+        let mut backoff = Backoff::new(self.registry.retry_signal(id));
         loop {
             let result = self
                 .shards
@@ -454,14 +457,11 @@ impl Core {
     }
 }
 
-fn new_txn(header: &TxnHeader) -> NewTxn {
-    restored_txn(header, now_ms())
-}
-
-pub(crate) fn restored_txn(header: &TxnHeader, begun_at_ms: u64) -> NewTxn {
+pub(crate) fn restored_txn(header: &TxnHeader, begun_at_ms: u64, first_segment: u64) -> NewTxn {
     NewTxn {
         header: header.clone(),
         begun_at_ms,
+        first_segment,
     }
 }
 
@@ -537,19 +537,32 @@ fn resolved_reply(header: &TxnHeader, answer: ResolveReply, cause: &str) -> Opti
     Some(reply_of(header, decided))
 }
 
-/// Exponential backoff with jitter, bounded.
+/// Exponential backoff with jitter, bounded, cut short by the operator's
+/// `RetryTransaction` (the transaction's retry signal), which also starts
+/// the backoff over.
 pub(crate) struct Backoff {
     next: Duration,
+    retry: Arc<Notify>,
 }
 
 impl Backoff {
-    pub(crate) fn new() -> Backoff {
-        Backoff { next: BACKOFF_MIN }
+    pub(crate) fn new(retry: Arc<Notify>) -> Backoff {
+        Backoff {
+            next: BACKOFF_MIN,
+            retry,
+        }
     }
 
     pub(crate) async fn wait(&mut self) {
         let jitter = rand::random::<f64>() * 0.5 + 0.75;
-        tokio::time::sleep(self.next.mul_f64(jitter)).await;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(self.next.mul_f64(jitter)) => {
+                self.next = (self.next * 2).min(BACKOFF_MAX);
+            }
+            _ = self.retry.notified() => {
+                info!("re-driven now at the operator's request");
+                self.next = BACKOFF_MIN;
+            }
+        }
     }
 }

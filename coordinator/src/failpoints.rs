@@ -16,6 +16,7 @@
 //! | `coordinator::before_end`          | every shard acknowledged, END not written     |
 //! | `coordinator::log_torn_write`      | a log batch is half written, fsynced; exit    |
 //! | `coordinator::log_fsync_fails`     | a log fsync fails: the log is poisoned        |
+//! | `coordinator::during_replay`       | the log is replayed, health still NOT_SERVING |
 //!
 //! The two log points live in `log/writer.rs` (see the `log` module docs).
 //!
@@ -28,4 +29,12 @@ pub fn crash_point(name: &str) {
         eprintln!("failpoint {name} fired: exiting as if killed");
         std::process::exit(137)
     });
+}
+
+/// A point where only `sleep(ms)` makes sense (a pause, never an exit):
+/// `coordinator::during_replay` keeps the coordinator replaying, health
+/// NOT_SERVING, for that long. Blocking: call it off the runtime's workers.
+pub fn pause_point(name: &str) {
+    // `sleep` pauses inside eval; any other action is ignored here.
+    let _ = fail::eval(name, |_| ());
 }

@@ -10,11 +10,13 @@
 pub mod config;
 pub mod core;
 pub mod failpoints;
+pub mod inspect;
 pub mod log;
 pub mod protocol;
 pub mod records;
 pub mod recovery;
 pub mod registry;
+pub mod retention;
 mod saga;
 pub mod server;
 pub mod service;

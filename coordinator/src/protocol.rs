@@ -124,6 +124,8 @@ impl VoteTally {
 /// What the log says about one transaction, gathered by txid.
 #[derive(Debug, Default, Clone)]
 pub struct TxnHistory {
+    /// The log segment of the transaction's first record (retention).
+    pub first_segment: u64,
     pub begin: Option<LogRecord>,
     pub decision: Option<LogRecord>,
     pub end: Option<LogRecord>,
@@ -157,7 +159,8 @@ impl TxnHistory {
 ///
 /// | log holds                          | case             | action, and why                                        |
 /// |------------------------------------|------------------|--------------------------------------------------------|
-/// | END                                | Ended            | nothing: every shard acknowledged                      |
+/// | END                                | Ended            | nothing: every shard acknowledged (END alone: retention|
+/// |                                    |                  | removed the rest; the transaction is forgotten)        |
 /// | COMMIT, no END                     | RedriveCommit    | COMMIT every shard, then END: the decision is durable  |
 /// | ABORT, no END                      | RedriveAbort     | ABORT every shard, then END                            |
 /// | 2PC BEGIN only                     | AbortUndecided   | log ABORT, ABORT every shard: presumed abort; no client|

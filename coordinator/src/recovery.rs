@@ -20,6 +20,7 @@ use crate::core::{reply_of, restored_txn, Core};
 use crate::log::{Durability, Replayed};
 use crate::protocol::{recovery_case, Decided, RecoveryCase, TxnHistory};
 use crate::records::TxnHeader;
+use crate::registry::NewTxn;
 use crate::shards::Decision;
 
 /// A log record whose txid is not 16 bytes passed its checksum: a bug in
@@ -42,6 +43,9 @@ pub struct RecoveryReport {
     pub abort_undecided: usize,
     pub resolve_one_phase: usize,
     pub finish_saga: usize,
+    /// END alone: retention removed the transaction's other records; it is
+    /// not restored (nothing is left to finish or to answer).
+    pub forgotten: usize,
 }
 
 /// Groups records by txid, in order of first appearance.
@@ -56,7 +60,10 @@ pub fn histories(replayed: &Replayed) -> Result<Vec<(Uuid, TxnHistory)>, BadTxid
         })?;
         let history = by_txid.entry(txid).or_insert_with(|| {
             order.push(txid);
-            TxnHistory::default()
+            TxnHistory {
+                first_segment: position.segment,
+                ..TxnHistory::default()
+            }
         });
         history.add(record.clone());
     }
@@ -88,11 +95,13 @@ pub fn recover(core: &Arc<Core>, replayed: &Replayed) -> Result<RecoveryReport, 
             .map_or(first.at_unix_ms, |b| b.at_unix_ms);
         let reply = history.decision.as_ref().and_then(|d| d.reply.clone());
         let decided_at = history.decision.as_ref().map_or(0, |d| d.at_unix_ms);
+        let txn = restored_txn(&header, begun_at, history.first_segment);
         match case {
+            RecoveryCase::Ended if history.decision.is_none() => report.forgotten += 1,
             RecoveryCase::Ended => {
                 report.ended += 1;
-                core.registry
-                    .restore(restored_txn(&header, begun_at), reply, true, decided_at);
+                let ended_at = history.end.as_ref().map(|e| e.at_unix_ms);
+                core.registry.restore(txn, reply, decided_at, ended_at);
             }
             RecoveryCase::RedriveCommit | RecoveryCase::RedriveAbort => {
                 let commit = case == RecoveryCase::RedriveCommit;
@@ -101,8 +110,7 @@ pub fn recover(core: &Arc<Core>, replayed: &Replayed) -> Result<RecoveryReport, 
                 } else {
                     report.redrive_abort += 1
                 }
-                core.registry
-                    .restore(restored_txn(&header, begun_at), reply, false, decided_at);
+                core.registry.restore(txn, reply, decided_at, None);
                 let shards = shard_indexes(core, &header);
                 match (header.mode, commit) {
                     (Mode::Saga, true) => {
@@ -118,19 +126,17 @@ pub fn recover(core: &Arc<Core>, replayed: &Replayed) -> Result<RecoveryReport, 
             }
             RecoveryCase::AbortUndecided => {
                 report.abort_undecided += 1;
-                abort_undecided(core, header, begun_at);
+                abort_undecided(core, header, txn);
             }
             RecoveryCase::FinishSaga => {
                 report.finish_saga += 1;
-                core.registry
-                    .restore(restored_txn(&header, begun_at), None, false, 0);
+                core.registry.restore(txn, None, 0, None);
                 let shards = shard_indexes(core, &header);
                 core.recover_saga(header, shards);
             }
             RecoveryCase::ResolveOnePhase => {
                 report.resolve_one_phase += 1;
-                core.registry
-                    .restore(restored_txn(&header, begun_at), None, false, 0);
+                core.registry.restore(txn, None, 0, None);
                 match shard_indexes(core, &header).first() {
                     Some(shard) => {
                         core.spawn_resolve(header, *shard, "the coordinator restarted".into())
@@ -148,7 +154,7 @@ pub fn recover(core: &Arc<Core>, replayed: &Replayed) -> Result<RecoveryReport, 
 
 /// Presumed abort: a 2PC transaction with no decision record was never
 /// committed. Decide ABORT now, log it, and release the shards' holds.
-fn abort_undecided(core: &Arc<Core>, header: TxnHeader, begun_at: u64) {
+fn abort_undecided(core: &Arc<Core>, header: TxnHeader, txn: NewTxn) {
     let first = header.legs.first();
     let detail = AbortDetail {
         reason: AbortReason::CoordinatorRestarted as i32,
@@ -157,12 +163,8 @@ fn abort_undecided(core: &Arc<Core>, header: TxnHeader, begun_at: u64) {
         message: "the coordinator restarted before deciding; nothing was booked".into(),
     };
     let reply = reply_of(&header, Decided::Abort(detail));
-    core.registry.restore(
-        restored_txn(&header, begun_at),
-        Some(reply.clone()),
-        false,
-        crate::registry::now_ms(),
-    );
+    core.registry
+        .restore(txn, Some(reply.clone()), crate::registry::now_ms(), None);
     let shards = shard_indexes(core, &header);
     let core = Arc::clone(core);
     tokio::spawn(async move {

@@ -4,16 +4,17 @@
 //! by itself.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use booking_proto::log_v1::LegSummary;
 use booking_proto::v1::{
     BookReply, Decision, LegRequest, Outcome, TransactionState, TransactionStatus,
 };
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 use crate::records::TxnHeader;
+use crate::retention::SegmentLedger;
 
 /// Where a transaction is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,11 @@ pub struct TxnEntry {
     pub begun_at_ms: u64,
     pub decided_at_ms: u64,
     pub ended_at_ms: u64,
+    /// The log segment counted for this transaction by retention.
+    first_segment: u64,
+    /// Wakes the retry loops (phase 2, resolve, compensation) of this
+    /// transaction at once: the operator's `RetryTransaction`.
+    retry: Arc<Notify>,
     done: watch::Sender<Option<BookReply>>,
 }
 
@@ -41,6 +47,9 @@ pub struct TxnEntry {
 pub struct NewTxn {
     pub header: TxnHeader,
     pub begun_at_ms: u64,
+    /// The segment its first record is in (restored) or will be in (new:
+    /// the log's current segment, read before the first append).
+    pub first_segment: u64,
 }
 
 /// What `register` found.
@@ -65,6 +74,16 @@ pub struct Registry {
 struct Inner {
     txns: HashMap<Uuid, TxnEntry>,
     keys: HashMap<String, Uuid>,
+    ledger: SegmentLedger,
+}
+
+/// What `retry` found.
+pub enum RetryOutcome {
+    /// The transaction's retry loops were woken; its status now.
+    Woken(TransactionStatus),
+    /// Every shard has acknowledged; nothing to retry.
+    Ended(TransactionStatus),
+    Unknown,
 }
 
 pub fn now_ms() -> u64 {
@@ -97,22 +116,37 @@ impl Registry {
             };
         }
         inner.keys.insert(txn.header.key.clone(), txn.header.txid);
+        inner.ledger.opened(txn.first_segment);
         inner.txns.insert(txn.header.txid, TxnEntry::from_new(txn));
         Registered::New
     }
 
     /// Registers a transaction found in the log at start, whatever its phase.
-    pub fn restore(&self, txn: NewTxn, reply: Option<BookReply>, ended: bool, decided_at_ms: u64) {
+    /// `ended_at_ms` is Some for a transaction whose END is in the log.
+    pub fn restore(
+        &self,
+        txn: NewTxn,
+        reply: Option<BookReply>,
+        decided_at_ms: u64,
+        ended_at_ms: Option<u64>,
+    ) {
         let mut inner = self.lock();
         let txid = txn.header.txid;
         if !txn.header.key.is_empty() {
             inner.keys.insert(txn.header.key.clone(), txid);
         }
+        match ended_at_ms {
+            Some(at) => inner.ledger.restored_end(txn.first_segment, txid, at),
+            None => inner.ledger.opened(txn.first_segment),
+        }
         let mut entry = TxnEntry::from_new(txn);
         if let Some(reply) = reply {
             entry.set_reply(reply, decided_at_ms);
         }
-        entry.ended = ended;
+        if let Some(at) = ended_at_ms {
+            entry.ended = true;
+            entry.ended_at_ms = at;
+        }
         inner.txns.insert(txid, entry);
     }
 
@@ -134,12 +168,80 @@ impl Registry {
         entry.set_reply(reply, now_ms());
     }
 
+    /// END is in the log: every shard acknowledged.
     pub fn end(&self, txid: Uuid) {
         let mut inner = self.lock();
-        if let Some(entry) = inner.txns.get_mut(&txid) {
-            entry.ended = true;
-            entry.ended_at_ms = now_ms();
+        let Inner { txns, ledger, .. } = &mut *inner;
+        let entry = txns
+            .get_mut(&txid)
+            .expect("an ended transaction was registered");
+        assert!(!entry.ended, "transaction {txid} ended twice");
+        entry.ended = true;
+        entry.ended_at_ms = now_ms();
+        ledger.ended(entry.first_segment, txid, entry.ended_at_ms);
+    }
+
+    /// Retention: the highest log segment that may be deleted now (see
+    /// `SegmentLedger::removable`).
+    pub fn removable_segments(&self, current: u64, cutoff_ms: u64) -> Option<u64> {
+        self.lock().ledger.removable(current, cutoff_ms)
+    }
+
+    /// Retention deleted the segments up to `through`: forgets the
+    /// transactions first seen in them (all ended). Returns how many.
+    pub fn forget_through(&self, through: u64) -> usize {
+        let mut inner = self.lock();
+        let forgotten = inner.ledger.remove_through(through);
+        for txid in &forgotten {
+            let entry = inner
+                .txns
+                .remove(txid)
+                .expect("the ledger counts only registered transactions");
+            assert!(entry.ended, "retention forgot {txid}, which has not ended");
+            if inner.keys.get(&entry.header.key) == Some(txid) {
+                inner.keys.remove(&entry.header.key);
+            }
         }
+        forgotten.len()
+    }
+
+    /// The operator's re-drive: wakes the transaction's retry loops now.
+    pub fn retry(&self, txid: Uuid) -> RetryOutcome {
+        let inner = self.lock();
+        let Some(entry) = inner.txns.get(&txid) else {
+            return RetryOutcome::Unknown;
+        };
+        if entry.ended {
+            return RetryOutcome::Ended(entry.status());
+        }
+        entry.retry.notify_waiters();
+        RetryOutcome::Woken(entry.status())
+    }
+
+    /// The handle a retry loop of `txid` waits on besides its backoff.
+    pub fn retry_signal(&self, txid: Uuid) -> Arc<Notify> {
+        self.lock()
+            .txns
+            .get(&txid)
+            .map(|e| Arc::clone(&e.retry))
+            .expect("a transaction being retried is registered")
+    }
+
+    /// Transactions known, and those not yet ended (for metrics).
+    pub fn counts(&self) -> RegistryCounts {
+        let inner = self.lock();
+        let mut counts = RegistryCounts {
+            known: inner.txns.len(),
+            ..Default::default()
+        };
+        for entry in inner.txns.values() {
+            match (entry.phase, entry.ended) {
+                (Phase::InProgress, _) => counts.undecided += 1,
+                (_, false) => counts.in_doubt += 1,
+                (_, true) => {}
+            }
+        }
+        counts
     }
 
     /// The answer to a participant's `GetDecision`. A txid this coordinator
@@ -181,6 +283,17 @@ impl Registry {
     }
 }
 
+/// A census of the registry.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryCounts {
+    /// Every transaction remembered (until retention forgets it).
+    pub known: usize,
+    /// No decision yet.
+    pub undecided: usize,
+    /// Decided, and some shard has not acknowledged yet.
+    pub in_doubt: usize,
+}
+
 impl TxnEntry {
     fn from_new(txn: NewTxn) -> TxnEntry {
         let (done, _) = watch::channel(None);
@@ -192,6 +305,8 @@ impl TxnEntry {
             begun_at_ms: txn.begun_at_ms,
             decided_at_ms: 0,
             ended_at_ms: 0,
+            first_segment: txn.first_segment,
+            retry: Arc::new(Notify::new()),
             done,
         }
     }

@@ -38,6 +38,7 @@ use crate::log::Durability;
 use crate::protocol::Decided;
 use crate::records::TxnHeader;
 use crate::shards::{Decision, ShardCallError};
+use uuid::Uuid;
 
 impl Core {
     /// Runs a saga over two or more shards and returns the client's reply.
@@ -201,7 +202,8 @@ impl Core {
         txid: &str,
         shard: usize,
     ) -> booking_proto::v1::ResolveReply {
-        let mut backoff = Backoff::new();
+        let id = Uuid::parse_str(txid).expect("a saga's txid is a UUID");
+        let mut backoff = Backoff::new(self.registry.retry_signal(id));
         loop {
             match self
                 .shards()

@@ -1,10 +1,19 @@
-//! Starts the coordinator: opens and replays the decision log, restores the
-//! registry, starts recovery in the background, then serves gRPC (the
-//! Coordinator service, health and reflection) on a bound listener until the
-//! shutdown signal, or until a fatal error (the log failed) stops it.
+//! Starts the coordinator. The gRPC server (the Coordinator service, health
+//! and reflection) listens at once, with health NOT_SERVING and every
+//! Coordinator call answered UNAVAILABLE ("replaying"), while the decision
+//! log is opened and replayed into the registry. Only then does health turn
+//! SERVING, the service answer, and `listening on <address>` get printed
+//! (the line test harnesses wait for). Recovery of open transactions and
+//! retention then run in the background until the shutdown signal, or until
+//! a fatal error (the log failed) stops the process.
+//!
+//! So a participant asking `GetDecision` during replay hears UNAVAILABLE
+//! (and asks again), never a presumed ABORT for a txid whose COMMIT record
+//! is still being read.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use booking_proto::v1::coordinator_server::CoordinatorServer;
@@ -14,21 +23,97 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::core::Core;
+use crate::failpoints::pause_point;
 use crate::log::{DecisionLog, LogOptions};
 use crate::recovery;
+use crate::retention;
 use crate::service::CoordinatorService;
 
 /// Largest message tonic decodes; the service refuses anything above
 /// `limits::MESSAGE_BYTES_MAX` with a clear message before using it.
 const DECODE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// How often retention looks for segments to delete.
+const RETENTION_PERIOD: Duration = Duration::from_secs(1);
 
 /// Runs the coordinator until `shutdown` resolves. Returns an error if the
-/// process must stop because of a fatal failure.
+/// process must stop because of a fatal failure (or the log cannot be
+/// replayed: corruption, I/O).
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let fatal = CancellationToken::new();
+    let ready: Arc<OnceLock<Arc<Core>>> = Arc::new(OnceLock::new());
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_not_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(booking_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("build the reflection service")?;
+    let service = CoordinatorServer::new(CoordinatorService::new(Arc::clone(&ready)))
+        .max_decoding_message_size(DECODE_BYTES_MAX);
+    let address = listener.local_addr().context("read the listener address")?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let stop = CancellationToken::new();
+    let stop_serving = stop.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stop_serving.cancelled_owned()),
+    );
+    info!(%address, "coordinator listening; replaying the decision log (health NOT_SERVING)");
+
+    let started = Instant::now();
+    let core = {
+        let config = config.clone();
+        let fatal = fatal.clone();
+        // Blocking file I/O: off the runtime's workers, so health answers.
+        tokio::task::spawn_blocking(move || open_and_replay(&config, fatal))
+            .await
+            .context("the replay task panicked")??
+    };
+    ready
+        .set(Arc::clone(&core))
+        .unwrap_or_else(|_| unreachable!("the core is set once"));
+    retention::spawn(
+        Arc::clone(&core),
+        Duration::from_secs(config.log_retention_secs),
+        RETENTION_PERIOD,
+    );
+    health_reporter
+        .set_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
+    info!(%address, replay_ms = started.elapsed().as_millis() as u64, "coordinator serving");
+    println!("listening on {address}");
+
+    tokio::select! {
+        _ = shutdown => info!("shutdown requested"),
+        _ = fatal.cancelled() => {},
+    }
+    health_reporter
+        .set_not_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
+    stop.cancel();
+    server
+        .await
+        .context("the gRPC server task panicked")?
+        .context("serve gRPC")?;
+    if fatal.is_cancelled() {
+        anyhow::bail!("stopped after a fatal error (see the log above); restart to recover");
+    }
+    Ok(())
+}
+
+/// Opens the log (cutting a torn tail), builds the core and replays every
+/// record into the registry, starting the recovery of open transactions.
+fn open_and_replay(config: &Config, fatal: CancellationToken) -> anyhow::Result<Arc<Core>> {
     let mut options = LogOptions::new(&config.log_dir);
     options.segment_bytes_max = config.segment_bytes_max;
     options.group_commit = config.group_commit;
@@ -36,41 +121,9 @@ pub async fn run(
     if let Some(cut) = &replayed.tail_cut {
         tracing::warn!(segment = %cut.segment.display(), offset = cut.offset, bytes = cut.bytes_cut, "cut a torn tail off the decision log");
     }
-    let fatal = CancellationToken::new();
-    let core = Arc::new(Core::new(&config, log, fatal.clone())?);
+    let core = Arc::new(Core::new(config, log, fatal)?);
     recovery::recover(&core, &replayed).context("replay the decision log")?;
-
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<CoordinatorServer<CoordinatorService>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(booking_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("build the reflection service")?;
-    let service = CoordinatorServer::new(CoordinatorService::new(Arc::clone(&core)))
-        .max_decoding_message_size(DECODE_BYTES_MAX);
-
-    let address = listener.local_addr().context("read the listener address")?;
-    info!(%address, "coordinator serving");
-    println!("listening on {address}");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let fatal_wait = fatal.clone();
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, async move {
-            tokio::select! {
-                _ = shutdown => info!("shutdown requested"),
-                _ = fatal_wait.cancelled() => {},
-            }
-        })
-        .await
-        .context("serve gRPC")?;
-    if fatal.is_cancelled() {
-        anyhow::bail!("stopped after a fatal error (see the log above); restart to recover");
-    }
-    Ok(())
+    // Widens the NOT_SERVING window for the health test.
+    pause_point("coordinator::during_replay");
+    Ok(core)
 }

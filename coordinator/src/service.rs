@@ -2,7 +2,7 @@
 //! the core, and maps every error to a status with a message saying what to
 //! fix. Business outcomes (sold out) are replies, not errors.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use booking_proto::limits::MESSAGE_BYTES_MAX;
 use booking_proto::routing::partition_of;
@@ -18,14 +18,29 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::core::{BookError, Core, RETRY_AFTER_MS};
+use crate::registry::RetryOutcome;
+
+/// Why a txid or key may be unknown though it was booked.
+const FORGOTTEN: &str =
+    " (an ended transaction is forgotten once the log retention window, log_retention_secs, has passed)";
 
 pub struct CoordinatorService {
-    core: Arc<Core>,
+    /// Set once the decision log is replayed; until then every call is
+    /// UNAVAILABLE (`server.rs`).
+    ready: Arc<OnceLock<Arc<Core>>>,
 }
 
 impl CoordinatorService {
-    pub fn new(core: Arc<Core>) -> CoordinatorService {
-        CoordinatorService { core }
+    pub fn new(ready: Arc<OnceLock<Arc<Core>>>) -> CoordinatorService {
+        CoordinatorService { ready }
+    }
+
+    fn core(&self) -> Result<&Arc<Core>, Status> {
+        self.ready.get().ok_or_else(|| {
+            Status::unavailable(
+                "the coordinator is replaying its decision log; retry shortly (health reports NOT_SERVING until it is done)",
+            )
+        })
     }
 }
 
@@ -86,7 +101,7 @@ impl Coordinator for CoordinatorService {
     async fn book(&self, request: Request<BookRequest>) -> Result<Response<BookReply>, Status> {
         let request = request.into_inner();
         check_size(&request)?;
-        let reply = self.core.book(request).await.map_err(book_status)?;
+        let reply = self.core()?.book(request).await.map_err(book_status)?;
         reply_or_not_found(reply)
     }
 
@@ -95,17 +110,19 @@ impl Coordinator for CoordinatorService {
         request: Request<GetTransactionRequest>,
     ) -> Result<Response<TransactionStatus>, Status> {
         let request = request.into_inner();
+        let core = self.core()?;
         let status = match request.key {
             Some(Key::Txid(text)) => {
                 let txid = parse_txid("txid", &text)?;
-                self.core
-                    .registry
+                core.registry
                     .status(txid)
-                    .ok_or_else(|| Status::not_found(format!("no transaction {txid}")))?
+                    .ok_or_else(|| Status::not_found(format!("no transaction {txid}{FORGOTTEN}")))?
             }
             Some(Key::IdempotencyKey(key)) if !key.is_empty() => {
-                self.core.registry.status_by_key(&key).ok_or_else(|| {
-                    Status::not_found(format!("no transaction with idempotency key {key:?}"))
+                core.registry.status_by_key(&key).ok_or_else(|| {
+                    Status::not_found(format!(
+                        "no transaction with idempotency key {key:?}{FORGOTTEN}"
+                    ))
                 })?
             }
             _ => {
@@ -122,7 +139,7 @@ impl Coordinator for CoordinatorService {
         request: Request<GetDecisionRequest>,
     ) -> Result<Response<GetDecisionReply>, Status> {
         let txid = parse_txid("txid", &request.into_inner().txid)?;
-        let decision = self.core.registry.decision(txid);
+        let decision = self.core()?.registry.decision(txid);
         tracing::debug!(%txid, ?decision, "GetDecision");
         Ok(Response::new(GetDecisionReply {
             decision: decision as i32,
@@ -136,7 +153,7 @@ impl Coordinator for CoordinatorService {
         let flight_id = request.into_inner().flight_id;
         validate::flight_id("flight_id", &flight_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let map = self.core.map();
+        let map = self.core()?.map();
         let shard = &map.shards()[map.shard_of(&flight_id)];
         Ok(Response::new(GetRouteReply {
             partition: partition_of(&flight_id, map.partitions()),
@@ -152,6 +169,17 @@ impl Coordinator for CoordinatorService {
         request: Request<RetryTransactionRequest>,
     ) -> Result<Response<TransactionStatus>, Status> {
         let txid = parse_txid("txid", &request.into_inner().txid)?;
-        Err(Status::unimplemented(format!("retry of {txid} is not built yet")))
+        match self.core()?.registry.retry(txid) {
+            RetryOutcome::Woken(status) => {
+                tracing::info!(%txid, "operator asked to re-drive the transaction now");
+                Ok(Response::new(status))
+            }
+            RetryOutcome::Ended(_) => Err(Status::failed_precondition(format!(
+                "transaction {txid} has ended: every shard acknowledged its decision; nothing to retry"
+            ))),
+            RetryOutcome::Unknown => Err(Status::not_found(format!(
+                "no transaction {txid}{FORGOTTEN}"
+            ))),
+        }
     }
 }

@@ -23,6 +23,7 @@ use super::{
 pub struct DecisionLog {
     sender: mpsc::Sender<Request>,
     shared: Arc<Shared>,
+    dir: std::path::PathBuf,
 }
 
 impl DecisionLog {
@@ -84,6 +85,44 @@ impl DecisionLog {
         self.shared.counters.snapshot()
     }
 
+    /// `seq` of the segment being appended to. Only grows; every segment
+    /// below it is closed: fsynced in full, never written again.
+    pub fn current_segment(&self) -> u64 {
+        self.shared.current_segment.load(Ordering::Acquire)
+    }
+
+    /// Retention: deletes every closed segment with `seq <= through`, oldest
+    /// first, then fsyncs the directory so the removal is durable. Blocking
+    /// file I/O: call it from a blocking thread. The caller decides which
+    /// segments hold nothing recovery needs (`crate::retention`); the log
+    /// only refuses to touch the segment being written. Returns how many
+    /// segments were removed and their bytes.
+    pub fn remove_segments_through(&self, through: u64) -> Result<(usize, u64), LogError> {
+        let current = self.current_segment();
+        assert!(
+            through < current,
+            "retention asked to remove segment {through}, but {current} is being written"
+        );
+        let mut removed = (0, 0);
+        for (seq, path) in segment::list(&self.dir)? {
+            if seq > through {
+                break;
+            }
+            let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(&path).map_err(LogError::io(format!(
+                "remove segment {}",
+                segment::file_name(seq)
+            )))?;
+            Counters::add(&self.shared.counters.segments_removed, 1);
+            removed.0 += 1;
+            removed.1 += bytes;
+        }
+        if removed.0 > 0 {
+            segment::fsync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
     /// Writes everything queued before this call, fsyncs it and stops the
     /// writer; later appends get `Closed`. Err(Poisoned) if the log was (or
     /// the last fsync made it) poisoned, Err(Closed) if already stopped.
@@ -109,12 +148,19 @@ fn start_writer(
     shared: Arc<Shared>,
 ) -> Result<DecisionLog, LogError> {
     let (sender, receiver) = mpsc::channel(QUEUE_DEPTH_MAX);
+    shared
+        .current_segment
+        .store(segment.seq(), Ordering::Release);
     let writer = Writer::new(options, segment, Arc::clone(&shared), receiver);
     std::thread::Builder::new()
         .name("decision-log-writer".to_string())
         .spawn(move || writer.run())
         .map_err(LogError::io("spawn the decision log writer thread"))?;
-    Ok(DecisionLog { sender, shared })
+    Ok(DecisionLog {
+        sender,
+        shared,
+        dir: options.dir.clone(),
+    })
 }
 
 /// Creates the log directory if missing, and fsyncs its parent so the new

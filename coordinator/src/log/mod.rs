@@ -3,8 +3,10 @@
 //! checks every record, batches appends into one write and one fsync (group
 //! commit), and on start replays the segments and cuts a torn tail. It knows
 //! nothing of transactions: what a record means, which kinds must be forced
-//! and what recovery does with them are left to the coordinator. Removing
-//! old segments (retention) is not done here yet.
+//! and what recovery does with them are left to the coordinator. Retention
+//! is split the same way: the coordinator (`crate::retention`) decides which
+//! closed segments hold nothing recovery needs, and
+//! [`DecisionLog::remove_segments_through`] deletes them.
 //!
 //! # On disk
 //! Segment files `{seq:016}.seg` in one directory, `seq` from 1, read in
@@ -118,6 +120,7 @@ mod options;
 mod scan;
 mod segment;
 mod stats;
+mod tail;
 mod writer;
 
 #[cfg(test)]
@@ -133,6 +136,10 @@ pub use error::LogError;
 pub use options::LogOptions;
 pub use scan::scan;
 pub use stats::LogStats;
+pub use tail::{
+    check_segment, segment_file_name, segments, FrameDamage, LogTail, SegmentCheck, TailPoll,
+    TailWait,
+};
 
 /// The record format version this code writes and the highest it reads.
 pub const FORMAT_VERSION: u32 = 1;

@@ -18,6 +18,8 @@ pub struct LogStats {
     pub batches: u64,
     /// Segments created by `open` or by rotation.
     pub segments_created: u64,
+    /// Closed segments deleted by retention.
+    pub segments_removed: u64,
 }
 
 /// The live counters behind [`LogStats`]; only the writer thread (and
@@ -29,6 +31,7 @@ pub(crate) struct Counters {
     pub fsyncs: AtomicU64,
     pub batches: AtomicU64,
     pub segments_created: AtomicU64,
+    pub segments_removed: AtomicU64,
 }
 
 impl Counters {
@@ -43,6 +46,7 @@ impl Counters {
             fsyncs: self.fsyncs.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             segments_created: self.segments_created.load(Ordering::Relaxed),
+            segments_removed: self.segments_removed.load(Ordering::Relaxed),
         }
     }
 }

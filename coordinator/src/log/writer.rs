@@ -9,7 +9,7 @@
 //! and [`FSYNC_FAILS`].
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -55,6 +55,9 @@ pub(crate) struct Shared {
     /// Set once, by the writer, when a write or fsync fails; never cleared.
     pub poisoned: AtomicBool,
     pub counters: Counters,
+    /// `seq` of the segment the writer appends to; only grows. Segments
+    /// below it are closed (fsynced, never written again).
+    pub current_segment: AtomicU64,
     /// Test hook: the next fsync by the writer fails.
     #[cfg(test)]
     pub fail_next_fsync: AtomicBool,
@@ -210,6 +213,9 @@ impl Writer {
         self.fsync()?;
         self.segment = Segment::create(&self.dir, self.segment.seq() + 1)?;
         Counters::add(&self.shared.counters.segments_created, 1);
+        self.shared
+            .current_segment
+            .store(self.segment.seq(), Ordering::Release);
         self.written = Position {
             segment: self.segment.seq(),
             offset: self.segment.len(),
