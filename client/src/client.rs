@@ -17,7 +17,8 @@ use booking_proto::v1::get_transaction_request::Key;
 use booking_proto::v1::participant_client::ParticipantClient;
 use booking_proto::v1::{
     BookReply, BookRequest, CreateFlightRequest, FlightInventory, GetFlightRequest, GetRouteReply,
-    GetRouteRequest, GetTransactionRequest, ListTxnsReply, ListTxnsRequest, TransactionStatus,
+    GetRouteRequest, GetTransactionRequest, ListTxnsReply, ListTxnsRequest, RetryTransactionRequest,
+    TransactionStatus,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -213,6 +214,23 @@ impl BookingClient {
             .coordinator
             .clone()
             .get_transaction(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Operator action: asks the coordinator to re-drive transaction `txid`
+    /// now (its phase 2, one-phase resolution or compensation) instead of at
+    /// its next backoff. Never changes a decision. NOT_FOUND for an unknown
+    /// txid, FAILED_PRECONDITION for one that has ended.
+    pub async fn retry_transaction(&self, txid: &str) -> Result<TransactionStatus, ClientError> {
+        let message = RetryTransactionRequest {
+            txid: txid.to_owned(),
+        };
+        let request = request_with_timeout(message, self.request_timeout);
+        Ok(self
+            .coordinator
+            .clone()
+            .retry_transaction(request)
             .await?
             .into_inner())
     }

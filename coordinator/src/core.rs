@@ -34,6 +34,7 @@ use uuid::Uuid;
 
 use crate::config::{Config, ShardMap};
 use crate::failpoints::crash_point;
+use crate::metrics;
 use crate::log::{DecisionLog, Durability, LogError};
 use crate::protocol::{Decided, VoteEvent, VoteTally};
 use crate::records::{fingerprint, TxnHeader};
@@ -116,12 +117,13 @@ impl Core {
             request.timeout_ms
         };
         let timeout = Duration::from_millis(u64::from(timeout_ms));
-        let _permit = self
-            .admission
-            .try_acquire()
-            .map_err(|_| BookError::Overloaded {
+        let started = std::time::Instant::now();
+        let _permit = self.admission.try_acquire().map_err(|_| {
+            metrics::rejected_overloaded();
+            BookError::Overloaded {
                 inflight_max: self.inflight_max,
-            })?;
+            }
+        })?;
         let plan = self.plan(&request);
         let txid = plan.header.txid;
         match self
@@ -138,6 +140,7 @@ impl Core {
             }
         }
         let span = tracing::info_span!("book", %txid, key = %request.idempotency_key);
+        let mode = metrics::mode_label(plan.by_shard.len() == 1, plan.header.mode == Mode::Saga);
         let result = if plan.by_shard.len() == 1 {
             self.one_phase(plan, timeout).instrument(span).await
         } else if plan.header.mode == Mode::Saga {
@@ -152,11 +155,24 @@ impl Core {
         } else {
             self.two_phase(plan, timeout_ms).instrument(span).await
         };
-        if let Err(BookError::Log(error)) = &result {
-            error!(%txid, %error, "decision log failed; stopping so that recovery can repair");
-            self.fatal.cancel();
+        match &result {
+            Ok(reply) => metrics::booking(
+                mode,
+                reply.outcome == Outcome::Committed as i32,
+                started.elapsed(),
+            ),
+            Err(BookError::Log(error)) => {
+                error!(%txid, %error, "decision log failed; stopping so that recovery can repair");
+                self.fatal.cancel();
+            }
+            Err(_) => {}
         }
         result
+    }
+
+    /// Bookings being worked on now (admission permits taken).
+    pub fn inflight(&self) -> usize {
+        self.inflight_max - self.admission.available_permits()
     }
 
     fn plan(&self, request: &BookRequest) -> Plan {
@@ -211,11 +227,15 @@ impl Core {
         self.log.append(header.begin(), Durability::Written).await?;
         crash_point("coordinator::after_begin");
         let shards: Vec<usize> = plan.by_shard.keys().copied().collect();
+        let voting = std::time::Instant::now();
         let decided = self.collect_votes(&plan, timeout_ms).await;
+        metrics::phase("prepare", voting.elapsed());
         let reply = reply_of(header, decided);
+        let deciding = std::time::Instant::now();
         self.log
             .append(header.decision(&reply), Durability::Forced)
             .await?;
+        metrics::phase("decide", deciding.elapsed());
         let commit = reply.outcome == Outcome::Committed as i32;
         if commit {
             crash_point("coordinator::after_commit_logged");
@@ -302,7 +322,10 @@ impl Core {
             legs,
             itinerary_legs: plan.itinerary_legs,
         };
-        match self.shards.book_local(shard, request, timeout).await {
+        let booking = std::time::Instant::now();
+        let booked = self.shards.book_local(shard, request, timeout).await;
+        metrics::phase("book_local", booking.elapsed());
+        match booked {
             Ok(vote) => {
                 let reply = reply_of(&header, decided_of_vote(vote, &header));
                 self.finish_one_phase(&header, reply.clone()).await?;
@@ -347,7 +370,7 @@ impl Core {
         let span = tracing::info_span!("resolve", txid = %header.txid);
         tokio::spawn(
             async move {
-                let mut backoff = Backoff::new(core.registry.retry_signal(header.txid));
+                let mut backoff = Backoff::new(core.registry.retry_signal(header.txid), "resolve");
                 loop {
                     match core
                         .shards
@@ -388,6 +411,7 @@ impl Core {
         tokio::spawn(
             async move {
                 let txid = header.txid.to_string();
+                let delivering = std::time::Instant::now();
                 let delivered = futures::future::join_all(
                     shards
                         .iter()
@@ -395,6 +419,7 @@ impl Core {
                 )
                 .await;
                 if delivered.iter().all(|ok| *ok) {
+                    metrics::phase("deliver", delivering.elapsed());
                     crash_point("coordinator::before_end");
                     if let Err(error) = core.log.append(header.end(), Durability::Written).await {
                         error!(%error, "decision log failed writing END");
@@ -409,7 +434,7 @@ impl Core {
     }
 
     async fn deliver(&self, id: Uuid, txid: &str, decision: Decision, shard: usize) -> bool {
-        let mut backoff = Backoff::new(self.registry.retry_signal(id));
+        let mut backoff = Backoff::new(self.registry.retry_signal(id), "deliver");
         loop {
             let result = self
                 .shards
@@ -543,17 +568,21 @@ fn resolved_reply(header: &TxnHeader, answer: ResolveReply, cause: &str) -> Opti
 pub(crate) struct Backoff {
     next: Duration,
     retry: Arc<Notify>,
+    /// The `kind` label of `coordinator_retries_total`.
+    kind: &'static str,
 }
 
 impl Backoff {
-    pub(crate) fn new(retry: Arc<Notify>) -> Backoff {
+    pub(crate) fn new(retry: Arc<Notify>, kind: &'static str) -> Backoff {
         Backoff {
             next: BACKOFF_MIN,
             retry,
+            kind,
         }
     }
 
     pub(crate) async fn wait(&mut self) {
+        metrics::retry(self.kind);
         let jitter = rand::random::<f64>() * 0.5 + 0.75;
         tokio::select! {
             _ = tokio::time::sleep(self.next.mul_f64(jitter)) => {

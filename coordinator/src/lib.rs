@@ -12,6 +12,7 @@ pub mod core;
 pub mod failpoints;
 pub mod inspect;
 pub mod log;
+pub mod metrics;
 pub mod protocol;
 pub mod records;
 pub mod recovery;

@@ -150,6 +150,7 @@ pub async fn sweep(core: &Arc<Core>, retention: Duration) -> anyhow::Result<()> 
         tokio::task::spawn_blocking(move || log.remove_segments_through(through)).await??;
     // Forget only after the files are gone: until then a restart would
     // restore these transactions anyway.
+    crate::metrics::segments_removed(segments);
     let forgotten = core.registry.forget_through(through);
     info!(through, segments, bytes, forgotten, "decision log retention: removed ended segments");
     Ok(())

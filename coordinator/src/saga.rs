@@ -74,6 +74,7 @@ impl Core {
             .collect();
         let mut booked: Vec<LegResult> = Vec::new();
         let mut failure: Option<AbortDetail> = None;
+        let legs_started = std::time::Instant::now();
         // Stop at the first failure: compensation fences the shards still
         // booking, so their late local commits are refused or undone.
         while let Some((shard, result)) = calls.next().await {
@@ -105,6 +106,7 @@ impl Core {
             }
         }
         drop(calls);
+        crate::metrics::phase("saga_legs", legs_started.elapsed());
         let decided = match failure {
             None => {
                 booked.sort_by_key(|l| l.leg_index);
@@ -203,7 +205,7 @@ impl Core {
         shard: usize,
     ) -> booking_proto::v1::ResolveReply {
         let id = Uuid::parse_str(txid).expect("a saga's txid is a UUID");
-        let mut backoff = Backoff::new(self.registry.retry_signal(id));
+        let mut backoff = Backoff::new(self.registry.retry_signal(id), "saga_resolve");
         loop {
             match self
                 .shards()

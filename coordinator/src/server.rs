@@ -43,6 +43,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    if let Some(address) = config.metrics_listen {
+        crate::metrics::install(address)?;
+        info!(%address, "metrics at http://{address}/metrics");
+    }
+    crate::metrics::ready(false);
     let fatal = CancellationToken::new();
     let ready: Arc<OnceLock<Arc<Core>>> = Arc::new(OnceLock::new());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -82,6 +87,7 @@ pub async fn run(
     ready
         .set(Arc::clone(&core))
         .unwrap_or_else(|_| unreachable!("the core is set once"));
+    crate::metrics::spawn_census(Arc::clone(&core), config.log_dir.clone());
     retention::spawn(
         Arc::clone(&core),
         Duration::from_secs(config.log_retention_secs),
@@ -90,6 +96,7 @@ pub async fn run(
     health_reporter
         .set_serving::<CoordinatorServer<CoordinatorService>>()
         .await;
+    crate::metrics::ready(true);
     info!(%address, replay_ms = started.elapsed().as_millis() as u64, "coordinator serving");
     println!("listening on {address}");
 
@@ -114,6 +121,7 @@ pub async fn run(
 /// Opens the log (cutting a torn tail), builds the core and replays every
 /// record into the registry, starting the recovery of open transactions.
 fn open_and_replay(config: &Config, fatal: CancellationToken) -> anyhow::Result<Arc<Core>> {
+    let started = Instant::now();
     let mut options = LogOptions::new(&config.log_dir);
     options.segment_bytes_max = config.segment_bytes_max;
     options.group_commit = config.group_commit;
@@ -122,7 +130,8 @@ fn open_and_replay(config: &Config, fatal: CancellationToken) -> anyhow::Result<
         tracing::warn!(segment = %cut.segment.display(), offset = cut.offset, bytes = cut.bytes_cut, "cut a torn tail off the decision log");
     }
     let core = Arc::new(Core::new(config, log, fatal)?);
-    recovery::recover(&core, &replayed).context("replay the decision log")?;
+    let report = recovery::recover(&core, &replayed).context("replay the decision log")?;
+    crate::metrics::recovered(&report, started.elapsed());
     // Widens the NOT_SERVING window for the health test.
     pause_point("coordinator::during_replay");
     Ok(core)

@@ -9,7 +9,7 @@ use booking_proto::routing::partition_of;
 use booking_proto::v1::coordinator_server::Coordinator;
 use booking_proto::v1::get_transaction_request::Key;
 use booking_proto::v1::{
-    AbortReason, BookReply, BookRequest, GetDecisionReply, GetDecisionRequest, GetRouteReply,
+    AbortReason, BookReply, Decision, BookRequest, GetDecisionReply, GetDecisionRequest, GetRouteReply,
     GetRouteRequest, GetTransactionRequest, Outcome, RetryTransactionRequest, TransactionStatus,
 };
 use booking_proto::validate;
@@ -140,6 +140,11 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<GetDecisionReply>, Status> {
         let txid = parse_txid("txid", &request.into_inner().txid)?;
         let decision = self.core()?.registry.decision(txid);
+        crate::metrics::get_decision(match decision {
+            Decision::Commit => "commit",
+            Decision::Abort => "abort",
+            _ => "in_progress",
+        });
         tracing::debug!(%txid, ?decision, "GetDecision");
         Ok(Response::new(GetDecisionReply {
             decision: decision as i32,

@@ -46,6 +46,22 @@ enum Command {
     Status(StatusArgs),
     /// Start a local cluster, run a flash sale on it, and check every invariant.
     Demo(DemoArgs),
+    /// Operator actions on the live coordinator.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Re-drive a stuck transaction now: re-send its decision (or resolve /
+    /// compensate it) instead of waiting for its next retry. Never changes
+    /// a decision; there is no "force commit". Find stuck ones with
+    /// `coordinator inspect list --state open`.
+    Retry {
+        txid: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -177,7 +193,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Book(args) => book(&cli.coordinator, args).await,
         Command::Status(args) => status(&cli.coordinator, args).await,
         Command::Demo(args) => run_demo(args).await,
+        Command::Admin(AdminCommand::Retry { txid, json }) => {
+            admin_retry(&cli.coordinator, &txid, json).await
+        }
     }
+}
+
+async fn admin_retry(coordinator: &str, txid: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let status = connect(coordinator)
+        .await?
+        .retry_transaction(txid)
+        .await
+        .with_context(|| format!("re-drive transaction {txid}"))?;
+    if json {
+        println!("{}", render::status_json(&status));
+    } else {
+        println!("re-driving {txid} now; its state as the coordinator sees it:");
+        print!("{}", render::status_text(&status));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn connect(url: &str) -> anyhow::Result<BookingClient> {

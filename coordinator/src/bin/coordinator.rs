@@ -1,6 +1,13 @@
-//! `coordinator serve --config coordinator.toml`: the thin binary.
+//! `coordinator serve --config coordinator.toml`, and `coordinator inspect`
+//! (the read-only decision-log inspector, `coordinator::inspect`): the thin
+//! binary.
+//!
+//! Exit codes: 0 success; 1 an error (printed); 64 a usage error (bad or
+//! missing flags; not clap's default 2, which `inspect verify` uses for a
+//! torn tail); `inspect verify` also exits 2 (torn tail) or 3 (corruption).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -23,10 +30,24 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Read the decision log (never writes): list, show, follow, stats, verify.
+    Inspect(coordinator::inspect::InspectArgs),
 }
 
+/// sysexits.h `EX_USAGE`: the command line was wrong.
+const EXIT_USAGE: u8 = 64;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Help and --version are not errors; they print to stdout.
+            let code = if error.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = error.print();
+            return Ok(ExitCode::from(code));
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -35,8 +56,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     // Reads FAILPOINTS once; see coordinator::failpoints.
     let _failpoints = fail::FailScenario::setup();
-    match Cli::parse().command {
-        Command::Serve { config } => serve(config).await,
+    match cli.command {
+        Command::Serve { config } => serve(config).await.map(|()| ExitCode::SUCCESS),
+        Command::Inspect(args) => Ok(coordinator::inspect::run(args).await?),
     }
 }
 

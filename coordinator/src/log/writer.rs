@@ -84,6 +84,10 @@ pub(crate) struct Writer {
     durable: Position,
     shared: Arc<Shared>,
     receiver: mpsc::Receiver<Request>,
+    /// Records and bytes written since the last fsync (for the metrics of
+    /// what one fsync makes durable).
+    unsynced_records: u64,
+    unsynced_bytes: u64,
 }
 
 impl Writer {
@@ -107,6 +111,8 @@ impl Writer {
             durable: end,
             shared,
             receiver,
+            unsynced_records: 0,
+            unsynced_bytes: 0,
         }
     }
 
@@ -186,6 +192,8 @@ impl Writer {
                 offset: self.written.offset + buffer.len() as u64,
             });
             buffer.extend_from_slice(&append.frame);
+            self.unsynced_records += 1;
+            self.unsynced_bytes += append.frame.len() as u64;
         }
         if let Some(delay) = fail::eval(TORN_WRITE, |arg| arg) {
             self.tear_and_exit(&buffer, delay.as_deref());
@@ -242,7 +250,11 @@ impl Writer {
             return Ok(());
         }
         self.injected_fsync_failure()?;
+        let started = std::time::Instant::now();
         self.segment.sync()?;
+        crate::metrics::fsync(self.unsynced_records, self.unsynced_bytes, started.elapsed());
+        self.unsynced_records = 0;
+        self.unsynced_bytes = 0;
         Counters::add(&self.shared.counters.fsyncs, 1);
         self.durable = self.written;
         self.validate();
