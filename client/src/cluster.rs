@@ -1,10 +1,11 @@
 //! [`Cluster`]: a local cluster of real processes — one coordinator and N
 //! participants — for `bookctl demo` and the integration tests.
 //!
-//! It picks free ports on 127.0.0.1, gives shard i an equal contiguous slice
-//! of the partitions, writes `coordinator.toml`, and runs every service as
-//! its own OS process, so a test can SIGKILL any of them and restart it on
-//! the same port with the same configuration and data.
+//! It picks free ports on 127.0.0.1 (a gRPC port and a Prometheus
+//! `/metrics` port per process), gives shard i an equal contiguous slice of
+//! the partitions, writes `coordinator.toml`, and runs every service as its
+//! own OS process, so a test can SIGKILL any of them and restart it on the
+//! same ports with the same configuration and data.
 //!
 //! Files under `data_dir` (all absolute paths):
 //! - `coordinator.toml`, and the coordinator's decision log in `coordinator-log/`;
@@ -20,6 +21,7 @@ mod process;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -117,6 +119,9 @@ pub struct ClusterSpec {
     pub ready_timeout: Duration,
     /// How long [`Cluster::stop`] waits after SIGTERM before SIGKILL. Default 5 s.
     pub stop_grace: Duration,
+    /// Extra top-level keys of coordinator.toml, as `key = value` with the
+    /// value already in TOML (`("log_retention_secs", "1")`). Default none.
+    pub coordinator_settings: Vec<(String, String)>,
 }
 
 impl ClusterSpec {
@@ -134,6 +139,7 @@ impl ClusterSpec {
             process_env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(5),
+            coordinator_settings: Vec::new(),
         }
     }
 
@@ -167,6 +173,10 @@ pub struct Cluster {
     coordinator_port: u16,
     /// `participant_ports[i]` is shard i's port.
     participant_ports: Vec<u16>,
+    /// The coordinator's `/metrics` port (`metrics_listen` in coordinator.toml).
+    coordinator_metrics_port: u16,
+    /// `participant_metrics_ports[i]` is shard i's `/metrics` port.
+    participant_metrics_ports: Vec<u16>,
     /// Inclusive partition range of each shard.
     ranges: Vec<(u32, u32)>,
     /// Extra environment per process, from the spec and [`Cluster::set_env`].
@@ -199,7 +209,10 @@ impl Cluster {
         spec.validate()?;
         let data_dir = create_dir(&spec.data_dir)?;
         create_dir(&data_dir.join("coordinator-log"))?;
-        let ports = free_ports(spec.shards + 1)?;
+        // Per process a gRPC port, then as many /metrics ports, all distinct.
+        let processes = spec.shards + 1;
+        let ports = free_ports(2 * processes)?;
+        let (grpc_ports, metrics_ports) = ports.split_at(processes);
         let mut process_env: BTreeMap<ProcessId, BTreeMap<String, String>> = BTreeMap::new();
         for (id, key, value) in &spec.process_env {
             process_env
@@ -209,8 +222,10 @@ impl Cluster {
         }
         let cluster = Cluster {
             ranges: partition_ranges(spec.partitions, spec.shards),
-            coordinator_port: ports[0],
-            participant_ports: ports[1..].to_vec(),
+            coordinator_port: grpc_ports[0],
+            participant_ports: grpc_ports[1..].to_vec(),
+            coordinator_metrics_port: metrics_ports[0],
+            participant_metrics_ports: metrics_ports[1..].to_vec(),
             data_dir,
             spec,
             process_env,
@@ -231,11 +246,20 @@ impl Cluster {
             .collect();
         let text = layout::coordinator_toml(
             self.coordinator_port,
+            self.coordinator_metrics_port,
             &self.data_dir.join("coordinator-log"),
             self.spec.partitions,
             self.spec.default_timeout_ms,
             &shards,
         );
+        // Top-level keys must come before the first [[shards]] table.
+        let settings: String = self
+            .spec
+            .coordinator_settings
+            .iter()
+            .map(|(key, value)| format!("{key} = {value}\n"))
+            .collect();
+        let text = settings + &text;
         let path = self.config_path();
         std::fs::write(&path, text).map_err(|source| ClusterError::Io {
             action: format!("write {}", path.display()),
@@ -295,6 +319,8 @@ impl Cluster {
             &self.coordinator_url(),
             "--in-doubt-after-ms",
             &self.spec.in_doubt_after_ms.to_string(),
+            "--metrics-listen",
+            &format!("127.0.0.1:{}", self.participant_metrics_ports[i]),
         ]
         .map(String::from)
         .to_vec()
@@ -413,6 +439,17 @@ impl Cluster {
     /// The address process `id` printed in its ready line, while it runs.
     pub fn listening_address(&self, id: ProcessId) -> Option<std::net::SocketAddr> {
         self.running.get(&id).map(|p| p.address)
+    }
+
+    /// Where process `id` serves Prometheus `/metrics` (plain HTTP): fixed
+    /// for the cluster's life, the same across restarts, whether or not the
+    /// process runs now. None for a participant the cluster does not have.
+    pub fn metrics_address(&self, id: ProcessId) -> Option<SocketAddr> {
+        let port = match id {
+            ProcessId::Coordinator => self.coordinator_metrics_port,
+            ProcessId::Participant(i) => *self.participant_metrics_ports.get(i)?,
+        };
+        Some(SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     /// Whether process `id` is running (one that exited is reaped and forgotten).
@@ -563,11 +600,45 @@ mod tests {
             "{config}"
         );
         assert!(config.contains("partitions = \"43-63\""), "{config}");
+        let coordinator_metrics = cluster
+            .metrics_address(ProcessId::Coordinator)
+            .expect("the coordinator has one");
+        assert!(
+            config.contains(&format!("metrics_listen = \"{coordinator_metrics}\"")),
+            "{config}"
+        );
         assert!(cluster.shard_database_url(1).starts_with("sqlite:///"));
         assert!(cluster.shard_database_url(1).ends_with("/data/s1.db"));
         let args = cluster.launch_plan(ProcessId::Participant(0)).args;
         assert_eq!(args[..3], ["serve", "--name", "s0"]);
         assert!(args.windows(2).any(|w| w == ["--owns", "0-21"]), "{args:?}");
+        let metrics = cluster
+            .metrics_address(ProcessId::Participant(0))
+            .expect("shard 0 has one")
+            .to_string();
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--metrics-listen", metrics.as_str()]),
+            "{args:?}"
+        );
+        assert_eq!(cluster.metrics_address(ProcessId::Participant(3)), None);
+        let mut ports: Vec<u16> = [ProcessId::Coordinator, ProcessId::Participant(0)]
+            .into_iter()
+            .chain((1..3).map(ProcessId::Participant))
+            .flat_map(|id| {
+                let grpc = match id {
+                    ProcessId::Coordinator => cluster.coordinator_port,
+                    ProcessId::Participant(i) => cluster.participant_ports[i],
+                };
+                [
+                    grpc,
+                    cluster.metrics_address(id).expect("configured").port(),
+                ]
+            })
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 8, "every port differs");
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub struct Settings {
     pub coordinator: Option<String>,
     pub in_doubt_after_ms: Option<u64>,
     pub writers: Option<usize>,
+    pub metrics_listen: Option<String>,
 }
 
 /// Where to listen and how to run: the checked form of `Settings`.
@@ -109,6 +110,9 @@ pub struct Config {
     pub in_doubt_after: Duration,
     /// Writer tasks (local transactions in flight at once); 1..=WRITERS_MAX.
     pub writers: usize,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP); None serves no
+    /// metrics. Never the gRPC `listen` address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -128,6 +132,7 @@ impl Settings {
             coordinator: self.coordinator.or(fallback.coordinator),
             in_doubt_after_ms: self.in_doubt_after_ms.or(fallback.in_doubt_after_ms),
             writers: self.writers.or(fallback.writers),
+            metrics_listen: self.metrics_listen.or(fallback.metrics_listen),
         }
     }
 
@@ -137,13 +142,7 @@ impl Settings {
             key: "listen",
             flag: "listen",
         })?;
-        let listen = listen_text.parse().map_err(|_| {
-            invalid(
-                "listen",
-                &listen_text,
-                "must be an ip:port such as 127.0.0.1:7101",
-            )
-        })?;
+        let listen = check_address("listen", &listen_text, "127.0.0.1:7101")?;
         let name = check_name(self.name.ok_or(ConfigError::Missing {
             key: "name",
             flag: "name",
@@ -167,6 +166,7 @@ impl Settings {
             coordinator_url: self.coordinator.map(check_coordinator).transpose()?,
             in_doubt_after: check_in_doubt_after(self.in_doubt_after_ms)?,
             writers: check_writers(self.writers.unwrap_or(backend.writers_default()))?,
+            metrics_listen: check_metrics_listen(self.metrics_listen.as_deref(), listen)?,
         };
         Ok(ServeConfig {
             listen,
@@ -189,6 +189,7 @@ impl Config {
             coordinator_url: None,
             in_doubt_after: Duration::from_millis(IN_DOUBT_AFTER_MS_DEFAULT),
             writers: backend.writers_default(),
+            metrics_listen: None,
         })
     }
 }
@@ -199,6 +200,29 @@ fn invalid(key: &'static str, value: &str, problem: impl Into<String>) -> Config
         value: value.to_string(),
         problem: problem.into(),
     }
+}
+
+fn check_address(key: &'static str, text: &str, example: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse()
+        .map_err(|_| invalid(key, text, format!("must be an ip:port such as {example}")))
+}
+
+fn check_metrics_listen(
+    text: Option<&str>,
+    listen: SocketAddr,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let address = check_address("metrics_listen", text, "127.0.0.1:9101")?;
+    if address == listen && address.port() != 0 {
+        return Err(invalid(
+            "metrics_listen",
+            text,
+            "is the gRPC listen address; give /metrics a port of its own",
+        ));
+    }
+    Ok(Some(address))
 }
 
 fn check_name(name: String) -> Result<String, ConfigError> {
@@ -301,6 +325,7 @@ mod tests {
         assert_eq!(config.writers, 1);
         assert_eq!(config.owned_partitions.len(), 22);
         assert_eq!(config.in_doubt_after, Duration::from_millis(2000));
+        assert_eq!(config.metrics_listen, None, "no metrics unless asked");
         let pg = Settings {
             database: Some("postgres://u@h/db".into()),
             ..full()
@@ -310,8 +335,10 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let file = Settings::from_toml("name = \"file\"\nwriters = 2\nin_doubt_after_ms = 500\n")
-            .expect("valid toml");
+        let file = Settings::from_toml(
+            "name = \"file\"\nwriters = 2\nin_doubt_after_ms = 500\nmetrics_listen = \"127.0.0.1:9101\"\n",
+        )
+        .expect("valid toml");
         let flags = Settings {
             name: Some("flag".into()),
             ..full()
@@ -320,6 +347,10 @@ mod tests {
         assert_eq!(config.name, "flag");
         assert_eq!(config.writers, 2);
         assert_eq!(config.in_doubt_after, Duration::from_millis(500));
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9101".parse().expect("an address"))
+        );
     }
 
     #[test]
@@ -394,6 +425,21 @@ mod tests {
                     ..full()
                 },
                 "writers",
+            ),
+            (
+                Settings {
+                    metrics_listen: Some("9101".into()),
+                    ..full()
+                },
+                "metrics_listen",
+            ),
+            (
+                Settings {
+                    listen: Some("127.0.0.1:7101".into()),
+                    metrics_listen: Some("127.0.0.1:7101".into()),
+                    ..full()
+                },
+                "metrics_listen",
             ),
         ];
         for (settings, key) in cases {

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tonic::{Code, Request, Status};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::op::{Op, Reply};
 use crate::service::ParticipantService;
 use crate::shard::Shard;
@@ -32,6 +33,8 @@ const PARTITIONS: u32 = 2;
 pub(crate) struct Harness {
     service: ParticipantService,
     store: Store,
+    /// The service's metrics, recorded here only (not process-wide).
+    recorder: metrics_exporter_prometheus::PrometheusRecorder,
     _tasks: JoinSet<Result<(), String>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -47,20 +50,33 @@ impl Harness {
         let mut config = Config::new("s0", url, PARTITIONS).expect("valid config");
         config.owned_partitions = [0].into();
         let store = Store::open(&config).await.expect("open store");
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = metrics::with_local_recorder(&recorder, Metrics::register);
+        metrics.set_prepared(store.count_prepared().await.expect("count prepared"));
         let mut tasks = JoinSet::new();
-        let writers = Writers::start(store.clone(), config.writers, &mut tasks);
+        let writers = Writers::start(store.clone(), config.writers, metrics.clone(), &mut tasks);
         let shard = Shard {
             name: config.name.clone(),
             partitions: PARTITIONS,
             owned: config.owned_partitions.clone(),
         };
-        let service = ParticipantService::new(shard, writers, store.clone());
+        let service = ParticipantService::new(shard, writers, store.clone(), metrics);
         Harness {
             service,
             store,
+            recorder,
             _tasks: tasks,
             _dir: dir,
         }
+    }
+
+    /// The value of one rendered series, e.g.
+    /// `participant_requests_total{rpc="prepare",outcome="yes"}`; 0 if absent.
+    fn metric(&self, series: &str) -> f64 {
+        let text = self.recorder.handle().render();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.parse().expect("a number"))
     }
 
     /// Creates a fresh flight this shard owns.
@@ -789,6 +805,97 @@ async fn list_txns_shows_prepared_ones(h: &Harness) {
     assert_eq!(rows.len(), 2);
 }
 
+/// The operator's one-txid view (`inspect show --live`): only that row,
+/// nothing for a txid never seen, INVALID_ARGUMENT for a malformed one.
+async fn list_txns_filters_by_txid(h: &Harness) {
+    let flight = h.flight(2, "AB").await;
+    let (prepared, booked, unknown) = (new_txid(), new_txid(), new_txid());
+    h.prepare(&prepared, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("prepare");
+    h.book_local(&booked, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("book");
+    let list = |txid: &str, prepared_only: bool| {
+        let request = ListTxnsRequest {
+            prepared_only,
+            limit: 0,
+            txid: txid.into(),
+        };
+        h.service.list_txns(Request::new(request))
+    };
+    let rows = list(&booked, false).await.expect("list").into_inner().txns;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].txid.as_str(), rows[0].state()),
+        (booked.as_str(), ShardTxnState::ShardCommitted)
+    );
+    assert!(rows[0].updated_at_unix_ms > 0);
+    let upper = list(&prepared.to_uppercase(), false)
+        .await
+        .expect("list")
+        .into_inner()
+        .txns;
+    assert_eq!(
+        upper.iter().map(|r| r.txid.as_str()).collect::<Vec<_>>(),
+        [prepared.as_str()],
+        "a txid is found in any case"
+    );
+    let filters_combine = list(&booked, true).await.expect("list").into_inner().txns;
+    assert!(filters_combine.is_empty(), "{filters_combine:?}");
+    let none = list(&unknown, false).await.expect("list").into_inner().txns;
+    assert!(none.is_empty(), "{none:?}");
+    assert!(h.txn(&unknown).await.is_none(), "listing fences nothing");
+    let err = list("not-a-uuid", false).await.expect_err("bad txid");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("txid:") && err.message().contains("not a UUID"),
+        "{}",
+        err.message()
+    );
+}
+
+/// The service's series move with its answers: votes by outcome, local
+/// commits, and the prepared gauge up on a fresh YES and down on decisions.
+async fn metrics_follow_votes_and_holds(h: &Harness) {
+    let flight = h.flight(1, "AB").await;
+    let yes = r#"participant_requests_total{rpc="prepare",outcome="yes"}"#;
+    let no = r#"participant_requests_total{rpc="prepare",outcome="no"}"#;
+    let before = h.metric("participant_prepared");
+    let commits = h.metric("participant_local_commits_total");
+    let (first, second, third) = (new_txid(), new_txid(), new_txid());
+    for txid in [&first, &second] {
+        h.prepare(txid, vec![count_leg(0, &flight, 1)])
+            .await
+            .expect("prepare");
+    }
+    h.prepare(&first, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("a repeat");
+    let sold_out = h
+        .prepare(&third, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("a NO");
+    assert!(!sold_out.yes);
+    assert_eq!((h.metric(yes), h.metric(no)), (3.0, 1.0));
+    assert_eq!(
+        h.metric("participant_prepared"),
+        before + 2.0,
+        "a repeat holds nothing new"
+    );
+    h.commit(&first).await.expect("commit");
+    h.abort(&second).await.expect("abort");
+    h.commit(&third).await.expect_err("a violation");
+    assert_eq!(h.metric("participant_prepared"), before);
+    assert_eq!(
+        h.metric(r#"participant_requests_total{rpc="commit",outcome="error"}"#),
+        1.0
+    );
+    assert!(h.metric("participant_local_commits_total") >= commits + 6.0);
+    assert!(h.metric("participant_batch_txids_count") >= 6.0);
+    assert!(h.metric(r#"participant_request_seconds_count{rpc="prepare"}"#) >= 4.0);
+}
+
 // DESIGN "Bad input and overload": clear statuses, nothing half-written.
 async fn bad_requests_are_refused_whole(h: &Harness) {
     let flight = h.flight(2, "AB").await;
@@ -880,7 +987,7 @@ async fn a_batch_with_a_no_in_the_middle_keeps_the_others(h: &Harness) {
         Op::Prepare(middle.clone()),
         Op::BookLocal(last.clone()),
     ];
-    let results = h.store.apply_batch(&ops).await.expect("batch");
+    let results = h.store.apply_batch(&ops).await.expect("batch").results;
     assert!(
         matches!(&results[0], Ok(Reply::Vote(crate::op::Vote::Yes(_)))),
         "{:?}",
@@ -986,6 +1093,8 @@ conformance_suite!(
     a_flight_of_another_shard_is_refused,
     flights_are_created_once_and_read_back,
     list_txns_shows_prepared_ones,
+    list_txns_filters_by_txid,
+    metrics_follow_votes_and_holds,
     bad_requests_are_refused_whole,
     concurrent_prepares_never_oversell,
     a_batch_with_a_no_in_the_middle_keeps_the_others,

@@ -131,6 +131,8 @@ pub enum RunError {
     Transport(#[from] tonic::transport::Error),
     #[error("read the listener's local address")]
     LocalAddr(#[source] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::ExporterError),
     #[error("critical task {task} stopped: {reason}")]
     TaskDied { task: String, reason: String },
 }

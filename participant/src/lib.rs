@@ -15,11 +15,13 @@
 //! - `writer`: batching writer lanes (group commit) in front of the store.
 //! - `service`: the gRPC handlers; `wire`: domain ↔ prost and statuses.
 //! - `resolver`: asks the coordinator about txids in doubt.
+//! - `metrics`: the Prometheus series and the `/metrics` exporter.
 //! - `server`: `run`, wiring it all to a listener and a shutdown signal.
 
 pub mod config;
 pub mod error;
 pub mod failpoints;
+pub mod metrics;
 pub mod model;
 pub mod op;
 pub mod protocol;

@@ -32,15 +32,26 @@ impl Op {
         }
     }
 
+    /// The txid the op is about; None for CREATE_FLIGHT.
+    pub fn txid(&self) -> Option<&TxnId> {
+        match self {
+            Op::Prepare(booking) | Op::BookLocal(booking) => Some(&booking.txid),
+            Op::Commit(txid) | Op::Abort(txid) | Op::Resolve(txid) | Op::Compensate(txid) => {
+                Some(txid)
+            }
+            Op::CreateFlight(_) => None,
+        }
+    }
+
     /// The key that picks a writer lane: every op of one txid (or flight)
     /// goes to the same lane, so no two local transactions race on it.
     pub fn lane_key(&self) -> &str {
         match self {
+            Op::CreateFlight(map) => &map.flight_id,
             Op::Prepare(booking) | Op::BookLocal(booking) => booking.txid.as_str(),
             Op::Commit(txid) | Op::Abort(txid) | Op::Resolve(txid) | Op::Compensate(txid) => {
                 txid.as_str()
             }
-            Op::CreateFlight(map) => &map.flight_id,
         }
     }
 }

@@ -4,7 +4,12 @@
 //! like any other message. IN_PROGRESS, or a coordinator that does not
 //! answer, leaves the txid prepared: a participant that voted YES never
 //! releases its seats on its own.
+//!
+//! Each txid is asked about inside an `in_doubt` span carrying its txid;
+//! every GetDecision answer is counted by result, every applied decision
+//! by decision (`metrics`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use booking_proto::v1::coordinator_client::CoordinatorClient;
@@ -13,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::metrics::{DecisionResult, Metrics};
 use crate::model::TxnId;
 use crate::op::Op;
 use crate::store::{now_ms, Store};
@@ -31,6 +37,7 @@ pub struct InDoubtResolver {
     writers: Writers,
     coordinator: CoordinatorClient<Channel>,
     in_doubt_after: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl InDoubtResolver {
@@ -40,6 +47,7 @@ impl InDoubtResolver {
         writers: Writers,
         coordinator_url: &str,
         in_doubt_after: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<InDoubtResolver, tonic::transport::Error> {
         let channel = Endpoint::from_shared(coordinator_url.to_string())?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -50,6 +58,7 @@ impl InDoubtResolver {
             writers,
             coordinator: CoordinatorClient::new(channel),
             in_doubt_after,
+            metrics,
         })
     }
 
@@ -91,14 +100,22 @@ impl InDoubtResolver {
         let decision = match self.coordinator.clone().get_decision(request).await {
             Ok(reply) => reply.into_inner().decision(),
             Err(status) => {
+                self.metrics.get_decision(DecisionResult::Error);
                 warn!(code = ?status.code(), message = status.message(), "coordinator did not answer GetDecision; txid stays prepared");
                 return false;
             }
         };
         let op = match decision {
-            Decision::Commit => Op::Commit(txid),
-            Decision::Abort => Op::Abort(txid),
+            Decision::Commit => {
+                self.metrics.get_decision(DecisionResult::Commit);
+                Op::Commit(txid)
+            }
+            Decision::Abort => {
+                self.metrics.get_decision(DecisionResult::Abort);
+                Op::Abort(txid)
+            }
             Decision::InProgress | Decision::Unspecified => {
+                self.metrics.get_decision(DecisionResult::InProgress);
                 info!(
                     decision = decision.as_str_name(),
                     "coordinator has not decided; txid stays prepared"
@@ -108,6 +125,7 @@ impl InDoubtResolver {
         };
         match self.writers.submit(op).await {
             Ok(reply) => {
+                self.metrics.in_doubt_resolved(decision);
                 info!(decision = decision.as_str_name(), reply = ?reply, "in-doubt txid resolved")
             }
             Err(err) => {

@@ -1,12 +1,13 @@
-//! Running a participant: open the store (migrations), start the writer
-//! lanes and the in-doubt sweep, serve gRPC (Participant, Health,
-//! Reflection) on the given listener until the shutdown future resolves,
-//! then drain: stop accepting, let the writers finish their queues, close
-//! the pool. A critical task that stops early stops the process with an
-//! error.
+//! Running a participant: serve `/metrics` if configured, open the store
+//! (migrations), start the writer lanes and the in-doubt sweep, serve gRPC
+//! (Participant, Health, Reflection) on the given listener until the
+//! shutdown future resolves, then drain: stop accepting, let the writers
+//! finish their queues, close the pool. A critical task that stops early
+//! stops the process with an error; the metrics endpoint is not critical.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use booking_proto::v1::participant_server::ParticipantServer;
 use tokio::net::TcpListener;
@@ -18,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::RunError;
+use crate::metrics::{self, Metrics};
 use crate::resolver::InDoubtResolver;
 use crate::service::ParticipantService;
 use crate::shard::Shard;
@@ -49,18 +51,27 @@ pub async fn run_with_ready(
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), RunError> {
     let address = listener.local_addr().map_err(RunError::LocalAddr)?;
-    let store = Store::open(&config).await?;
-    info!(shard = %config.name, backend = ?config.backend, writers = config.writers, "shard database ready");
     let stop = CancellationToken::new();
+    // However run ends, the metrics endpoint and the sweep stop with it.
+    let _stop_on_return = stop.clone().drop_guard();
+    let metrics = start_metrics(&config, &stop)?;
+    let store = Store::open(&config).await?;
+    metrics.set_prepared(store.count_prepared().await?);
+    info!(shard = %config.name, backend = ?config.backend, writers = config.writers, "shard database ready");
     let mut tasks = CriticalTasks::new();
-    let writers = Writers::start(store.clone(), config.writers, &mut tasks);
-    start_resolver(&config, &store, &writers, &stop, &mut tasks)?;
+    let writers = Writers::start(
+        store.clone(),
+        config.writers,
+        Arc::clone(&metrics),
+        &mut tasks,
+    );
+    start_resolver(&config, &store, &writers, &metrics, &stop, &mut tasks)?;
     let shard = Shard {
         name: config.name.clone(),
         partitions: config.partitions,
         owned: config.owned_partitions.clone(),
     };
-    let service = ParticipantService::new(shard, writers, store.clone());
+    let service = ParticipantService::new(shard, writers, store.clone(), metrics);
     let server = serve(service, listener, stop.clone()).await?;
     ready(address);
     info!(%address, "listening");
@@ -71,10 +82,31 @@ pub async fn run_with_ready(
     outcome
 }
 
+/// Serves `/metrics` on `metrics_listen` until `stop`, and registers the
+/// series; without `metrics_listen` the handles are no-ops.
+fn start_metrics(config: &Config, stop: &CancellationToken) -> Result<Arc<Metrics>, RunError> {
+    let Some(address) = config.metrics_listen else {
+        return Ok(Metrics::register());
+    };
+    let exporter = metrics::install_exporter(address)?;
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            ended = exporter => {
+                warn!(error = ?ended.err(), "the /metrics endpoint stopped; the shard keeps serving")
+            }
+        }
+    });
+    info!(%address, "serving Prometheus metrics on /metrics");
+    Ok(Metrics::register())
+}
+
 fn start_resolver(
     config: &Config,
     store: &Store,
     writers: &Writers,
+    metrics: &Arc<Metrics>,
     stop: &CancellationToken,
     tasks: &mut CriticalTasks,
 ) -> Result<(), RunError> {
@@ -82,8 +114,13 @@ fn start_resolver(
         warn!("no --coordinator: in-doubt txids wait for the coordinator to redrive them");
         return Ok(());
     };
-    let resolver =
-        InDoubtResolver::new(store.clone(), writers.clone(), url, config.in_doubt_after)?;
+    let resolver = InDoubtResolver::new(
+        store.clone(),
+        writers.clone(),
+        url,
+        config.in_doubt_after,
+        Arc::clone(metrics),
+    )?;
     let stop = stop.clone();
     tasks.spawn(async move {
         resolver.run(stop).await;

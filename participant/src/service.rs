@@ -3,6 +3,16 @@
 //! its flights (FAILED_PRECONDITION), hands the operation to the writers and
 //! maps the answer; it writes nothing itself. Reads (GetFlight, ListTxns)
 //! go to the store directly.
+//!
+//! Every request runs inside one span named after its rpc; the txid
+//! messages (Prepare, BookLocal, Commit, Abort, Compensate, Resolve) carry
+//! the request's `txid` in it, so every log line about that txid, from
+//! validation to the reply, names it. Every request is counted and timed
+//! (`metrics`) by outcome once its answer is known.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::failpoints::crash_point;
 use booking_proto::limits::MESSAGE_BYTES_MAX;
@@ -13,14 +23,15 @@ use booking_proto::v1::{
 };
 use booking_proto::validate;
 use tonic::{Request, Response, Status};
-use tracing::{debug, error, info, info_span, Instrument};
+use tracing::{debug, error, info, info_span, Instrument, Span};
 
 use crate::error::{OpError, Refused, StoreError};
-use crate::model::{FlightMap, TxnId};
+use crate::metrics::{Metrics, Outcome, Rpc};
+use crate::model::{FlightMap, TxnId, TxnState};
 use crate::op::{Op, Reply};
 use crate::request::Booking;
 use crate::shard::Shard;
-use crate::store::Store;
+use crate::store::{Store, TxnRow};
 use crate::wire;
 use crate::writer::Writers;
 
@@ -30,15 +41,43 @@ pub struct ParticipantService {
     shard: Shard,
     writers: Writers,
     store: Store,
+    metrics: Arc<Metrics>,
 }
 
 impl ParticipantService {
-    pub fn new(shard: Shard, writers: Writers, store: Store) -> ParticipantService {
+    pub fn new(
+        shard: Shard,
+        writers: Writers,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> ParticipantService {
         ParticipantService {
             shard,
             writers,
             store,
+            metrics,
         }
+    }
+
+    /// Runs one request's `work` inside `span`, then counts and times it.
+    async fn observe<T>(
+        &self,
+        rpc: Rpc,
+        span: Span,
+        work: impl Future<Output = Result<Response<T>, Status>>,
+        outcome: impl FnOnce(&T) -> Outcome,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let answer = work.instrument(span).await;
+        let ended = match &answer {
+            Ok(reply) => outcome(reply.get_ref()),
+            Err(status) => {
+                self.metrics.request_failed(rpc, status.code());
+                Outcome::Error
+            }
+        };
+        self.metrics.request(rpc, ended, started.elapsed());
+        answer
     }
 
     /// Admits the op and waits for the local commit of its batch.
@@ -137,14 +176,28 @@ impl ParticipantService {
         request: ListTxnsRequest,
     ) -> Result<Response<ListTxnsReply>, Status> {
         check_size(&request)?;
-        let rows = self
-            .store
-            .list_txns(request.prepared_only, request.limit)
-            .await
-            .map_err(read_failed)?;
+        let rows = if request.txid.is_empty() {
+            self.store
+                .list_txns(request.prepared_only, request.limit)
+                .await
+                .map_err(read_failed)?
+        } else {
+            self.list_one_txn(&request).await?
+        };
         Ok(Response::new(ListTxnsReply {
             txns: rows.iter().map(wire::txn_row).collect(),
         }))
+    }
+
+    /// ListTxns for one txid: its row, or none when the shard never saw it
+    /// (or `prepared_only` and it is not prepared). The filters combine.
+    async fn list_one_txn(&self, request: &ListTxnsRequest) -> Result<Vec<TxnRow>, Status> {
+        let txid = TxnId::parse("txid", &request.txid).map_err(wire::invalid)?;
+        let row = self.store.txn_row(&txid).await.map_err(read_failed)?;
+        Ok(row
+            .filter(|row| !request.prepared_only || row.state == TxnState::Prepared)
+            .into_iter()
+            .collect())
     }
 }
 
@@ -155,28 +208,35 @@ impl Participant for ParticipantService {
         request: Request<PrepareRequest>,
     ) -> Result<Response<v1::Vote>, Status> {
         let request = request.into_inner();
-        let span = info_span!("prepare", txid = %request.txid);
-        let vote = self.book(request, Op::Prepare).instrument(span).await;
-        if matches!(&vote, Ok(vote) if vote.get_ref().yes) {
-            crash_point("participant::after_prepare_commit");
-        }
-        vote
+        let span = info_span!("prepare", txid = span_id(&request.txid));
+        let work = async {
+            let vote = self.book(request, Op::Prepare).await;
+            if matches!(&vote, Ok(vote) if vote.get_ref().yes) {
+                crash_point("participant::after_prepare_commit");
+            }
+            vote
+        };
+        self.observe(Rpc::Prepare, span, work, vote_outcome).await
     }
 
     async fn commit(&self, request: Request<DecisionRequest>) -> Result<Response<Ack>, Status> {
         let request = request.into_inner();
-        let span = info_span!("commit", txid = %request.txid);
-        let ack = self.decide(request, Op::Commit).instrument(span).await;
-        if ack.is_ok() {
-            crash_point("participant::after_commit_applied");
-        }
-        ack
+        let span = info_span!("commit", txid = span_id(&request.txid));
+        let work = async {
+            let ack = self.decide(request, Op::Commit).await;
+            if ack.is_ok() {
+                crash_point("participant::after_commit_applied");
+            }
+            ack
+        };
+        self.observe(Rpc::Commit, span, work, ok).await
     }
 
     async fn abort(&self, request: Request<DecisionRequest>) -> Result<Response<Ack>, Status> {
         let request = request.into_inner();
-        let span = info_span!("abort", txid = %request.txid);
-        self.decide(request, Op::Abort).instrument(span).await
+        let span = info_span!("abort", txid = span_id(&request.txid));
+        let work = self.decide(request, Op::Abort);
+        self.observe(Rpc::Abort, span, work, ok).await
     }
 
     async fn book_local(
@@ -184,8 +244,9 @@ impl Participant for ParticipantService {
         request: Request<PrepareRequest>,
     ) -> Result<Response<v1::Vote>, Status> {
         let request = request.into_inner();
-        let span = info_span!("book_local", txid = %request.txid);
-        self.book(request, Op::BookLocal).instrument(span).await
+        let span = info_span!("book_local", txid = span_id(&request.txid));
+        let work = self.book(request, Op::BookLocal);
+        self.observe(Rpc::BookLocal, span, work, vote_outcome).await
     }
 
     async fn resolve(
@@ -193,14 +254,16 @@ impl Participant for ParticipantService {
         request: Request<ResolveRequest>,
     ) -> Result<Response<ResolveReply>, Status> {
         let request = request.into_inner();
-        let span = info_span!("resolve", txid = %request.txid);
-        self.do_resolve(request).instrument(span).await
+        let span = info_span!("resolve", txid = span_id(&request.txid));
+        let work = self.do_resolve(request);
+        self.observe(Rpc::Resolve, span, work, ok).await
     }
 
     async fn compensate(&self, request: Request<DecisionRequest>) -> Result<Response<Ack>, Status> {
         let request = request.into_inner();
-        let span = info_span!("compensate", txid = %request.txid);
-        self.decide(request, Op::Compensate).instrument(span).await
+        let span = info_span!("compensate", txid = span_id(&request.txid));
+        let work = self.decide(request, Op::Compensate);
+        self.observe(Rpc::Compensate, span, work, ok).await
     }
 
     async fn create_flight(
@@ -208,8 +271,9 @@ impl Participant for ParticipantService {
         request: Request<CreateFlightRequest>,
     ) -> Result<Response<FlightInventory>, Status> {
         let request = request.into_inner();
-        let span = info_span!("create_flight", flight_id = %request.flight_id);
-        self.do_create_flight(request).instrument(span).await
+        let span = info_span!("create_flight", flight_id = span_id(&request.flight_id));
+        let work = self.do_create_flight(request);
+        self.observe(Rpc::CreateFlight, span, work, ok).await
     }
 
     async fn get_flight(
@@ -217,17 +281,45 @@ impl Participant for ParticipantService {
         request: Request<GetFlightRequest>,
     ) -> Result<Response<FlightInventory>, Status> {
         let request = request.into_inner();
-        let span = info_span!("get_flight", flight_id = %request.flight_id);
-        self.do_get_flight(request).instrument(span).await
+        let span = info_span!("get_flight", flight_id = span_id(&request.flight_id));
+        let work = self.do_get_flight(request);
+        self.observe(Rpc::GetFlight, span, work, ok).await
     }
 
     async fn list_txns(
         &self,
         request: Request<ListTxnsRequest>,
     ) -> Result<Response<ListTxnsReply>, Status> {
-        self.do_list_txns(request.into_inner())
-            .instrument(info_span!("list_txns"))
-            .await
+        let request = request.into_inner();
+        let span = info_span!("list_txns", txid = span_id(&request.txid));
+        let work = self.do_list_txns(request);
+        self.observe(Rpc::ListTxns, span, work, ok).await
+    }
+}
+
+fn vote_outcome(vote: &v1::Vote) -> Outcome {
+    if vote.yes {
+        Outcome::Yes
+    } else {
+        Outcome::No
+    }
+}
+
+fn ok<T>(_: &T) -> Outcome {
+    Outcome::Ok
+}
+
+/// Longest id a span carries as sent; a longer one is not a valid id.
+const SPAN_ID_BYTES_MAX: usize = 64;
+
+/// An id from a request, for a span field: as sent when it is short, so
+/// that an operator greps for the coordinator's txid, but never a whole
+/// oversized field in every log line of the request.
+fn span_id(text: &str) -> &str {
+    if text.len() <= SPAN_ID_BYTES_MAX {
+        text
+    } else {
+        "<oversized>"
     }
 }
 

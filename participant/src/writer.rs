@@ -10,9 +10,15 @@
 //! of the batch is applied. Deadlocks and busy errors are retried whole a few
 //! times first. The queues are bounded: when full, the caller is told to
 //! retry (RESOURCE_EXHAUSTED) instead of waiting.
+//!
+//! Each lane numbers its batches and logs, at debug level, which txids a
+//! batch holds before it runs and how it ended, so a txid's request log
+//! (span `txid`) can be matched with the local commit that applied it. After
+//! each batch the lane records the local-commit series (`metrics`).
 
+use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use booking_proto::routing::flight_hash;
 use tokio::sync::{mpsc, oneshot};
@@ -20,8 +26,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, warn};
 
 use crate::error::{OpError, StoreError};
+use crate::metrics::Metrics;
 use crate::op::{Op, Reply};
-use crate::store::{OpResult, Store};
+use crate::store::{Applied, OpResult, Store};
 
 /// Most operations applied in one local transaction.
 pub const BATCH_OPS_MAX: usize = 256;
@@ -57,15 +64,24 @@ impl std::fmt::Debug for Writers {
 
 impl Writers {
     /// Starts `lanes` writer tasks on `tasks`.
-    pub fn start(store: Store, lanes: usize, tasks: &mut JoinSet<Result<(), String>>) -> Writers {
+    pub fn start(
+        store: Store,
+        lanes: usize,
+        metrics: Arc<Metrics>,
+        tasks: &mut JoinSet<Result<(), String>>,
+    ) -> Writers {
         assert!(lanes > 0, "config checks writers >= 1");
         let lane_capacity = (QUEUED_OPS_MAX / lanes).max(1);
         let senders = (0..lanes)
             .map(|lane| {
                 let (sender, receiver) = mpsc::channel(lane_capacity);
-                let store = store.clone();
+                let lane = Lane {
+                    store: store.clone(),
+                    metrics: Arc::clone(&metrics),
+                    index: lane,
+                };
                 tasks.spawn(async move {
-                    run_lane(store, receiver, lane).await;
+                    lane.run(receiver).await;
                     Ok(())
                 });
                 sender
@@ -94,33 +110,80 @@ impl Writers {
     }
 }
 
-/// One lane: batch after batch until the queue is closed and empty.
-async fn run_lane(store: Store, mut queue: mpsc::Receiver<Job>, lane: usize) {
-    let mut jobs = Vec::with_capacity(BATCH_OPS_MAX);
-    while queue.recv_many(&mut jobs, BATCH_OPS_MAX).await > 0 {
-        let (ops, replies): (Vec<Op>, Vec<_>) =
-            jobs.drain(..).map(|job| (job.op, job.reply)).unzip();
-        debug!(lane, ops = ops.len(), "batch");
-        match apply_with_retries(&store, &ops).await {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    // A caller that went away still had its op applied; idempotency covers its retry.
-                    let _ = reply.send(Ok(result));
+/// One writer task and what it shares with the others.
+struct Lane {
+    store: Store,
+    metrics: Arc<Metrics>,
+    index: usize,
+}
+
+impl Lane {
+    /// Batch after batch until the queue is closed and empty.
+    async fn run(self, mut queue: mpsc::Receiver<Job>) {
+        let lane = self.index;
+        let mut jobs = Vec::with_capacity(BATCH_OPS_MAX);
+        let mut batch: u64 = 0;
+        while queue.recv_many(&mut jobs, BATCH_OPS_MAX).await > 0 {
+            batch += 1;
+            let (ops, replies): (Vec<Op>, Vec<_>) =
+                jobs.drain(..).map(|job| (job.op, job.reply)).unzip();
+            debug!(lane, batch, ops = ops.len(), txids = %Txids(&ops), "batch: one local transaction");
+            match self.apply(&ops).await {
+                Ok(applied) => {
+                    debug!(
+                        lane,
+                        batch,
+                        prepared_change = applied.prepared_change,
+                        "batch committed locally"
+                    );
+                    for (reply, result) in replies.into_iter().zip(applied.results) {
+                        // A caller that went away still had its op applied; idempotency covers its retry.
+                        let _ = reply.send(Ok(result));
+                    }
                 }
-            }
-            Err(err) => {
-                error!(lane, ops = ops.len(), error = %err, "batch failed, nothing applied");
-                for reply in replies {
-                    let _ = reply.send(Err(OpError::from(&err)));
+                Err(err) => {
+                    error!(lane, batch, ops = ops.len(), txids = %Txids(&ops), error = %err, "batch failed, nothing applied");
+                    for reply in replies {
+                        let _ = reply.send(Err(OpError::from(&err)));
+                    }
                 }
             }
         }
+        debug!(lane, "writer lane stopped");
     }
-    debug!(lane, "writer lane stopped");
+
+    /// The batch, timed and counted; see `metrics`.
+    async fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
+        let started = Instant::now();
+        let applied = apply_with_retries(&self.store, ops).await;
+        match &applied {
+            Ok(applied) => {
+                let txids = ops.iter().filter(|op| op.txid().is_some()).count();
+                self.metrics
+                    .local_commit(txids, started.elapsed(), applied.prepared_change);
+            }
+            Err(_) => self.metrics.local_commit_failed(),
+        }
+        applied
+    }
+}
+
+/// The txids of a batch, for its log line: formatted only when the line
+/// is enabled.
+struct Txids<'a>(&'a [Op]);
+
+impl fmt::Display for Txids<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut txids = self.0.iter().filter_map(Op::txid);
+        if let Some(first) = txids.next() {
+            write!(f, "{first}")?;
+        }
+        txids.try_for_each(|txid| write!(f, ",{txid}"))
+    }
 }
 
 /// The batch, retried whole after deadlocks and busy errors.
-async fn apply_with_retries(store: &Store, ops: &[Op]) -> Result<Vec<OpResult>, StoreError> {
+async fn apply_with_retries(store: &Store, ops: &[Op]) -> Result<Applied, StoreError> {
     let mut pause = BATCH_RETRY_PAUSE;
     let mut attempt = 1;
     loop {

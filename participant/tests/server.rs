@@ -3,23 +3,21 @@
 //! limit, and the in-doubt sweep against a fake coordinator (DESIGN "Who may
 //! decide what": a participant that voted YES waits and asks GetDecision).
 
-use std::collections::HashMap;
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use booking_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use booking_proto::v1::participant_client::ParticipantClient;
 use booking_proto::v1::{
-    BookReply, BookRequest, CreateFlightRequest, Decision, DecisionRequest, GetDecisionReply,
-    GetDecisionRequest, GetFlightRequest, GetRouteReply, GetRouteRequest, GetTransactionRequest,
-    PrepareRequest, RetryTransactionRequest, ShardLeg, TransactionStatus,
+    CreateFlightRequest, Decision, DecisionRequest, GetFlightRequest, PrepareRequest, ShardLeg,
 };
+use common::{start_coordinator, FakeCoordinator};
 use participant::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status};
+use tonic::Code;
 
 struct Running {
     address: SocketAddr,
@@ -195,70 +193,6 @@ async fn reflection_lists_the_participant_service() {
         "{names:?}"
     );
     running.stop().await;
-}
-
-/// A coordinator that knows only GetDecision, from a table.
-#[derive(Clone, Default)]
-struct FakeCoordinator {
-    decisions: Arc<Mutex<HashMap<String, Decision>>>,
-    asked: Arc<Mutex<Vec<String>>>,
-}
-
-#[tonic::async_trait]
-impl Coordinator for FakeCoordinator {
-    async fn book(&self, _: Request<BookRequest>) -> Result<Response<BookReply>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn get_transaction(
-        &self,
-        _: Request<GetTransactionRequest>,
-    ) -> Result<Response<TransactionStatus>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn get_decision(
-        &self,
-        request: Request<GetDecisionRequest>,
-    ) -> Result<Response<GetDecisionReply>, Status> {
-        let txid = request.into_inner().txid;
-        self.asked.lock().expect("not poisoned").push(txid.clone());
-        let decision = self
-            .decisions
-            .lock()
-            .expect("not poisoned")
-            .get(&txid)
-            .copied()
-            .unwrap_or(Decision::InProgress);
-        Ok(Response::new(GetDecisionReply {
-            decision: decision as i32,
-        }))
-    }
-    async fn get_route(
-        &self,
-        _: Request<GetRouteRequest>,
-    ) -> Result<Response<GetRouteReply>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn retry_transaction(
-        &self,
-        _: Request<RetryTransactionRequest>,
-    ) -> Result<Response<TransactionStatus>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-}
-
-async fn start_coordinator(fake: FakeCoordinator) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(CoordinatorServer::new(fake))
-            .serve_with_incoming(incoming),
-    );
-    address
 }
 
 /// Polls until the flight's seat states are `want`, or 5 s pass.

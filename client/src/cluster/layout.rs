@@ -64,16 +64,18 @@ pub struct ShardEntry {
     pub partitions: (u32, u32),
 }
 
-/// The text of coordinator.toml.
+/// The text of coordinator.toml: gRPC on `listen_port`, Prometheus
+/// `/metrics` on `metrics_port`, both on 127.0.0.1.
 pub fn coordinator_toml(
     listen_port: u16,
+    metrics_port: u16,
     log_dir: &Path,
     partitions: u32,
     default_timeout_ms: u64,
     shards: &[ShardEntry],
 ) -> String {
     let mut text = format!(
-        "listen = \"127.0.0.1:{listen_port}\"\nlog_dir = {}\npartitions = {partitions}\ndefault_timeout_ms = {default_timeout_ms}\n",
+        "listen = \"127.0.0.1:{listen_port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nlog_dir = {}\npartitions = {partitions}\ndefault_timeout_ms = {default_timeout_ms}\n",
         toml_string(&log_dir.display().to_string()),
     );
     for shard in shards {
@@ -120,10 +122,10 @@ mod tests {
             address: "http://127.0.0.1:7101".into(),
             partitions: (0, 21),
         }];
-        let text = coordinator_toml(7000, Path::new("/tmp/a \"b\"/log"), 64, 2000, &shards);
+        let text = coordinator_toml(7000, 9000, Path::new("/tmp/a \"b\"/log"), 64, 2000, &shards);
         assert_eq!(
             text,
-            "listen = \"127.0.0.1:7000\"\nlog_dir = \"/tmp/a \\\"b\\\"/log\"\npartitions = 64\ndefault_timeout_ms = 2000\n\
+            "listen = \"127.0.0.1:7000\"\nmetrics_listen = \"127.0.0.1:9000\"\nlog_dir = \"/tmp/a \\\"b\\\"/log\"\npartitions = 64\ndefault_timeout_ms = 2000\n\
              \n[[shards]]\nname = \"s0\"\naddress = \"http://127.0.0.1:7101\"\npartitions = \"0-21\"\n"
         );
     }

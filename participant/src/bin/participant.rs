@@ -1,6 +1,10 @@
 //! The participant binary: parse flags (and an optional TOML file), set up
 //! logging to stderr, bind the listener, run the library until SIGTERM or
 //! ctrl-c. Prints `listening on <ip:port>` to stdout once serving.
+//!
+//! Logging: the level comes from `RUST_LOG` (default `info`); the format
+//! from `LOG_FORMAT`: `text` (default) or `json`, one JSON object per line
+//! with the span fields (e.g. `txid`) of the current span and its parents.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -55,6 +59,9 @@ struct ServeArgs {
     /// Writer tasks (default 1 for SQLite, 4 for PostgreSQL).
     #[arg(long)]
     writers: Option<usize>,
+    /// Serve Prometheus metrics on http://<ip:port>/metrics, e.g. 127.0.0.1:9101.
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -68,6 +75,7 @@ impl ServeArgs {
             coordinator: self.coordinator.clone(),
             in_doubt_after_ms: self.in_doubt_after_ms,
             writers: self.writers,
+            metrics_listen: self.metrics_listen.clone(),
         };
         let Some(path) = &self.config else {
             return Ok(flags);
@@ -82,12 +90,7 @@ impl ServeArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging()?;
     // Reads FAILPOINTS once; see participant::failpoints.
     let _failpoints = fail::FailScenario::setup();
     let Command::Serve(args) = Cli::parse().command;
@@ -98,9 +101,30 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("bind {}", config.listen))?;
-    participant::run_with_ready(config.participant, listener, shutdown_signal(), announce)
+    participant::run_with_ready(config.participant, listener, shutdown_signal()?, announce)
         .await
         .context("run the participant")
+}
+
+/// Logs to stderr, filtered by `RUST_LOG`, as text or JSON (`LOG_FORMAT`).
+fn init_logging() -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match std::env::var("LOG_FORMAT").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("" | "text") => logs.init(),
+        Ok("json") => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        Ok(other) => anyhow::bail!("LOG_FORMAT={other:?}: use \"text\" (the default) or \"json\""),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("LOG_FORMAT is not UTF-8: use \"text\" (the default) or \"json\"")
+        }
+    }
+    Ok(())
 }
 
 /// The one stdout line tests wait for.
@@ -110,26 +134,26 @@ fn announce(address: std::net::SocketAddr) {
     let _ = writeln!(stdout, "listening on {address}").and_then(|()| stdout.flush());
 }
 
-/// Resolves on SIGTERM or ctrl-c.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+/// Resolves on SIGTERM or SIGINT (ctrl-c). The handlers are installed
+/// here, before the ready line is printed: a SIGTERM sent right after it
+/// must stop the participant cleanly, not kill it with the default action.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    })
+}
+
+/// Resolves on ctrl-c.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

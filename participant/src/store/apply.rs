@@ -25,15 +25,16 @@ pub struct Ctx<'a> {
     pub now_ms: i64,
 }
 
-/// Applies one operation; `Err` fails the whole batch.
+/// Applies one operation: its result, and how it moved the count of
+/// prepared txids (-1, 0 or +1). `Err` fails the whole batch.
 pub async fn apply_op(
     conn: &mut AnyConnection,
     ctx: &Ctx<'_>,
     op: &Op,
-) -> Result<OpResult, StoreError> {
+) -> Result<(OpResult, i64), StoreError> {
     let shard = ctx.shard;
     match op {
-        Op::CreateFlight(map) => create_flight(conn, map).await,
+        Op::CreateFlight(map) => Ok((create_flight(conn, map).await?, 0)),
         Op::Prepare(booking) => {
             let decide =
                 |r: Option<&TxnRecord>| protocol::on_reserve(TxnKind::TwoPhase, booking, r, shard);
@@ -59,18 +60,22 @@ async fn txn_op(
     txid: &TxnId,
     booking: Option<&Booking>,
     decide: impl FnOnce(Option<&TxnRecord>) -> Action,
-) -> Result<OpResult, StoreError> {
+) -> Result<(OpResult, i64), StoreError> {
     let record = txns::find(conn, txid).await?;
     match decide(record.as_ref()) {
         Action::Reserve(kind) => {
             let booking =
                 booking.expect("only PREPARE and BOOK_LOCAL reserve, and both carry a booking");
-            reserve(conn, ctx, kind, booking).await
+            let result = reserve(conn, ctx, kind, booking).await?;
+            let held = kind == TxnKind::TwoPhase && matches!(result, Ok(Reply::Vote(Vote::Yes(_))));
+            Ok((result, i64::from(held)))
         }
-        Action::Answer(reply) => Ok(Ok(reply)),
+        Action::Answer(reply) => Ok((Ok(reply), 0)),
         Action::Transition(transition) => {
             let record = record.expect("the protocol table moves only a txid it has a record of");
-            apply_transition(conn, ctx, &record, transition).await
+            let result = apply_transition(conn, ctx, &record, transition).await?;
+            let decided = transition.txn_from == TxnState::Prepared;
+            Ok((result, -i64::from(decided)))
         }
         Action::Fence(kind, reply) => {
             txns::insert(
@@ -78,9 +83,9 @@ async fn txn_op(
                 &TxnRecord::fence(txid.clone(), kind, None, ctx.now_ms),
             )
             .await?;
-            Ok(Ok(reply))
+            Ok((Ok(reply), 0))
         }
-        Action::Violation(violation) => Ok(Err(Refused::Protocol(violation))),
+        Action::Violation(violation) => Ok((Err(Refused::Protocol(violation)), 0)),
     }
 }
 

@@ -13,6 +13,10 @@
 //! 4. only then the caller (writer.rs) answers each operation.
 //!
 //! Any database error aborts the whole batch; nothing of it is applied.
+//!
+//! A batch also reports how it moved the count of prepared txids (the
+//! `participant_prepared` gauge); the writer applies that change only after
+//! the local commit, so the gauge never counts a rolled-back hold.
 
 mod apply;
 mod connect;
@@ -39,6 +43,15 @@ pub type OpResult = Result<Reply, Refused>;
 pub const LIST_TXNS_MAX: u32 = 1000;
 /// Rows ListTxns returns when the request says 0.
 pub const LIST_TXNS_DEFAULT: u32 = 100;
+
+/// What a committed batch did: one result per operation, in order, and
+/// the change in prepared txids (+1 per fresh YES vote, -1 per prepared txid
+/// committed or aborted).
+#[derive(Debug)]
+pub struct Applied {
+    pub results: Vec<OpResult>,
+    pub prepared_change: i64,
+}
 
 /// One row of ListTxns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +95,7 @@ impl Store {
     /// Applies `ops` in order inside one local transaction; see the module
     /// docs for the durability order. A refused op writes nothing and does
     /// not disturb the others; a database error fails the whole batch.
-    pub async fn apply_batch(&self, ops: &[Op]) -> Result<Vec<OpResult>, StoreError> {
+    pub async fn apply_batch(&self, ops: &[Op]) -> Result<Applied, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = match self.backend {
             Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
@@ -94,14 +107,20 @@ impl Store {
             now_ms: now_ms(),
         };
         let mut results = Vec::with_capacity(ops.len());
+        let mut prepared_change = 0;
         for op in ops {
-            results.push(apply::apply_op(&mut tx, &ctx, op).await?);
+            let (result, change) = apply::apply_op(&mut tx, &ctx, op).await?;
+            results.push(result);
+            prepared_change += change;
         }
         if ops.iter().any(|op| matches!(op, Op::Compensate(_))) {
             crate::failpoints::crash_point("participant::before_compensation_commit");
         }
         tx.commit().await?;
-        Ok(results)
+        Ok(Applied {
+            results,
+            prepared_change,
+        })
     }
 
     /// A flight's inventory, or None if the flight does not exist.
@@ -131,6 +150,18 @@ impl Store {
         };
         let mut conn = self.pool.acquire().await?;
         txns::list(&mut conn, prepared_only, limit).await
+    }
+
+    /// The ListTxns row of one txid, if the shard has seen it.
+    pub async fn txn_row(&self, txid: &TxnId) -> Result<Option<TxnRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        txns::find_row(&mut conn, txid).await
+    }
+
+    /// How many txids are prepared now (the in-doubt holds).
+    pub async fn count_prepared(&self) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        txns::count_prepared(&mut conn).await
     }
 
     /// Prepared txids last changed before `before_ms`, oldest first.

@@ -48,6 +48,7 @@ async fn one(store: &Store, op: Op) -> OpResult {
         .apply_batch(&[op])
         .await
         .expect("batch commits")
+        .results
         .remove(0)
 }
 
@@ -121,7 +122,12 @@ async fn a_no_vote_in_the_middle_of_a_batch_disturbs_no_other_op() {
         Op::BookLocal(booking(3, "AB1", named)),
         Op::Prepare(booking(1, "AB1", SeatChoice::Count(2))),
     ];
-    let results = store.apply_batch(&ops).await.expect("batch commits");
+    let applied = store.apply_batch(&ops).await.expect("batch commits");
+    assert_eq!(
+        applied.prepared_change, 1,
+        "one fresh YES; a NO, a local booking and a repeat hold nothing new"
+    );
+    let results = applied.results;
     let seats = |r: &OpResult| match r {
         Ok(Reply::Vote(Vote::Yes(legs))) => legs[0].seats.clone(),
         other => panic!("expected YES, got {other:?}"),
@@ -206,4 +212,33 @@ async fn a_row_count_mismatch_fails_the_whole_batch() {
         .await
         .expect("read");
     assert_eq!(kind, TxnKind::TwoPhase.as_str());
+}
+
+// The `participant_prepared` gauge follows the batches' prepared_change, and
+// restarts from count_prepared: both must agree with the txns table.
+#[tokio::test]
+async fn prepared_change_counts_fresh_holds_and_decisions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(&dir).await;
+    one(&store, flight("AB1", 3, "AB")).await.expect("created");
+    let prepare = |n| Op::Prepare(booking(n, "AB1", SeatChoice::Count(1)));
+    let ops = [prepare(1), prepare(2), prepare(3)];
+    let applied = store.apply_batch(&ops).await.expect("batch commits");
+    assert_eq!(applied.prepared_change, 3);
+    assert_eq!(store.count_prepared().await.expect("count"), 3);
+    let ops = [
+        Op::Commit(txid(1)),
+        Op::Abort(txid(2)),
+        Op::Commit(txid(1)),
+        Op::Abort(txid(9)),
+    ];
+    let applied = store.apply_batch(&ops).await.expect("batch commits");
+    assert_eq!(
+        applied.prepared_change, -2,
+        "a repeated COMMIT and a fence decide no prepared txid"
+    );
+    assert_eq!(store.count_prepared().await.expect("count"), 1);
+    let row = store.txn_row(&txid(3)).await.expect("read").expect("known");
+    assert_eq!(row.state, TxnState::Prepared);
+    assert!(store.txn_row(&txid(4)).await.expect("read").is_none());
 }

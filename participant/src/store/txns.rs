@@ -103,6 +103,30 @@ pub async fn list(
     rows.iter().map(decode_row).collect()
 }
 
+/// The ListTxns row of `txid`, if any.
+pub async fn find_row(
+    conn: &mut AnyConnection,
+    txid: &TxnId,
+) -> Result<Option<TxnRow>, StoreError> {
+    let row = sqlx::query("SELECT txid, state, updated_at FROM txns WHERE txid = $1")
+        .bind(txid.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(decode_row).transpose()
+}
+
+/// Rows in state prepared.
+pub async fn count_prepared(conn: &mut AnyConnection) -> Result<u64, StoreError> {
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM txns WHERE state = 'prepared'")
+        .fetch_one(&mut *conn)
+        .await?;
+    u64::try_from(count).map_err(|_| StoreError::CorruptRow {
+        table: "txns",
+        key: "COUNT(*)".into(),
+        problem: format!("a negative count {count}"),
+    })
+}
+
 fn decode_row(row: &AnyRow) -> Result<TxnRow, StoreError> {
     let txid: String = row.try_get("txid")?;
     let state: String = row.try_get("state")?;
