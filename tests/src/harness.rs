@@ -13,7 +13,8 @@
 //! - new bookings commit afterwards.
 //!
 //! The matrix test runs one round per failpoint; the soak command runs many
-//! rounds with random faults.
+//! rounds with random faults. Retention runs all along (small segments, a
+//! short window), so every crash also lands among segment deletions.
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,7 +28,13 @@ use booking_proto::v1::Outcome;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{start, two_shard_request, Db, TestCluster};
+use crate::{start_with, two_shard_request, Db, TestCluster};
+
+/// Every round also runs retention: small log segments, deleted 10 s after
+/// their transactions end (longer than a round takes to retry its unknown
+/// keys, so no key of the current round is forgotten before its retry).
+pub const SEGMENT_BYTES: &str = "16384";
+pub const RETENTION_SECS: &str = "10";
 
 /// Failpoints of the coordinator that a booking load reaches.
 pub const COORDINATOR_FAILPOINTS: [&str; 9] = [
@@ -203,7 +210,13 @@ pub struct CrashHarness {
 impl CrashHarness {
     pub async fn start(db: Db, seed: u64) -> CrashHarness {
         CrashHarness {
-            test: start(db).await,
+            test: start_with(db, |spec| {
+                spec.coordinator_settings
+                    .push(("segment_bytes_max".into(), SEGMENT_BYTES.into()));
+                spec.coordinator_settings
+                    .push(("log_retention_secs".into(), RETENTION_SECS.into()));
+            })
+            .await,
             oracle: Arc::new(Oracle::new()),
             rng: StdRng::seed_from_u64(seed),
             customers: 24,

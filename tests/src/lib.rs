@@ -53,6 +53,12 @@ pub fn init_tracing_from_env() {
 /// PostgreSQL shards need the server binaries: without them this fails with
 /// a message naming the package to install, never skips.
 pub async fn start(db: Db) -> TestCluster {
+    start_with(db, |_| {}).await
+}
+
+/// [`start`], with the spec adjusted by `configure` first (e.g. coordinator
+/// settings such as small log segments).
+pub async fn start_with(db: Db, configure: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
     let bin_dir = find_binaries()
         .await
         .expect("find or build the coordinator and participant binaries");
@@ -69,6 +75,7 @@ pub async fn start(db: Db) -> TestCluster {
         }
     };
     spec.in_doubt_after_ms = 500;
+    configure(&mut spec);
     let cluster = Cluster::start(spec).await.expect("start the cluster");
     TestCluster { cluster, pg, dir }
 }
@@ -247,3 +254,6 @@ pub async fn two_shard_request(cluster: &Cluster, prefix: &str, key: &str) -> Bo
 
 pub mod harness;
 pub mod proxy;
+mod scrape;
+
+pub use scrape::{metrics_scrape, metrics_text, parse_samples};

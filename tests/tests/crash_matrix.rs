@@ -34,6 +34,13 @@ async fn run_matrix(db: Db, faults: Vec<Fault>) {
         }
     }
     assert!(failed.is_empty(), "violations:\n{}", failed.join("\n\n"));
+    // Retention ran among the crashes: the oldest segments are gone.
+    let log_dir = harness.test.cluster.data_dir().join("coordinator-log");
+    assert!(
+        !log_dir.join("0000000000000001.seg").exists(),
+        "retention never removed the first segment of {}",
+        log_dir.display()
+    );
 }
 
 /// A failpoint armed to fire after a few passes, so not always on the first

@@ -5,7 +5,7 @@
 //! Order: `$BOOKING_BIN_DIR` if set (used as is, never built); else the
 //! directory of the current executable (`target/<profile>/`, or its parent
 //! when the executable is in `target/<profile>/deps/`), after
-//! `cargo build --bin coordinator --bin participant` in the same profile when
+//! `cargo build --bin coordinator --bin participant --bin bookctl` in the same profile when
 //! the workspace and cargo exist. The build runs once per process.
 
 use std::path::{Path, PathBuf};
@@ -17,6 +17,8 @@ use super::ClusterError;
 /// Names of the executables a cluster runs.
 pub const COORDINATOR_BINARY: &str = "coordinator";
 pub const PARTICIPANT_BINARY: &str = "participant";
+/// Built alongside (tests drive the operator's CLI too), never required.
+pub const BOOKCTL_BINARY: &str = "bookctl";
 /// Environment variable naming a directory that holds both executables.
 pub const BIN_DIR_ENV: &str = "BOOKING_BIN_DIR";
 
@@ -110,6 +112,7 @@ fn build(cargo: &Path, workspace: &Path, profile_dir: &Path) -> Result<(), Clust
         .arg("--quiet")
         .args(profile_args(profile_dir))
         .args(["--bin", COORDINATOR_BINARY, "--bin", PARTICIPANT_BINARY])
+        .args(["--bin", BOOKCTL_BINARY])
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"));
     if let Some(target_dir) = profile_dir.parent() {
