@@ -3,8 +3,8 @@
 //! move with the bookings. Scraped over plain HTTP and parsed from the text
 //! exposition format, as Prometheus would.
 //!
-//! `scrape` is the reusable part: one sample per series, keyed by the series
-//! as rendered with its labels, e.g.
+//! Scraping and parsing is `booking_tests::metrics_scrape`: one sample per
+//! series, keyed by the series as rendered with its labels, e.g.
 //! `participant_requests_total{rpc="prepare",outcome="yes"}`.
 
 use std::collections::HashMap;
@@ -15,59 +15,20 @@ use booking_client::checker;
 use booking_client::{Cluster, ProcessId};
 use booking_proto::v1::{AbortReason, BookRequest, Outcome};
 use booking_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Longest a scrape may take.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The body of `GET /metrics` from `address` (plain HTTP/1.1).
+/// The body of `GET /metrics` (`booking_tests::metrics_text`), or a panic
+/// saying why not.
 async fn scrape_text(address: SocketAddr) -> String {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await?;
-        let request =
-            format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
-    };
-    let response = tokio::time::timeout(SCRAPE_TIMEOUT, exchange)
+    metrics_text(address)
         .await
-        .unwrap_or_else(|_| panic!("GET http://{address}/metrics took over {SCRAPE_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("GET http://{address}/metrics: {e}"));
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("not an HTTP response from {address}: {response:?}"));
-    assert!(
-        head.starts_with("HTTP/1.1 200"),
-        "{address}/metrics: {head}"
-    );
-    body.to_string()
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// The samples of `GET /metrics`: series (name and labels, as rendered) →
-/// value. Comment lines (`# HELP`, `# TYPE`) are skipped.
+/// The samples of `GET /metrics`: series → value.
 async fn scrape(address: SocketAddr) -> HashMap<String, f64> {
-    parse_samples(&scrape_text(address).await)
-}
-
-fn parse_samples(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
-        .map(|line| {
-            let (series, value) = line
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("not a sample line: {line:?}"));
-            let value = match value {
-                "+Inf" => f64::INFINITY,
-                "-Inf" => f64::NEG_INFINITY,
-                number => number
-                    .parse()
-                    .unwrap_or_else(|e| panic!("{e}: sample line {line:?}")),
-            };
-            (series.to_string(), value)
-        })
-        .collect()
+    metrics_scrape(address)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The value of `series`, failing with the whole scrape when it is absent.
@@ -208,4 +169,113 @@ async fn participant_metrics_are_scraped() {
         }
         assert!(no_votes >= 1.0, "the sold-out booking got a NO vote");
     }
+}
+
+/// The coordinator's side: bookings by mode and outcome, per-phase latency
+/// histograms, group commit (records per fsync), fsync latency, the census
+/// gauges and the recovery figures, after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_metrics_are_scraped() {
+    init_tracing();
+    let mut test = start(Db::Sqlite).await;
+    let client = test.cluster.client().await.expect("connect");
+    let request = two_shard_request(&test.cluster, "CM", "cm-0").await;
+    const COMMITTED: usize = 3;
+    for n in 0..COMMITTED {
+        let reply = client
+            .book(BookRequest {
+                idempotency_key: format!("cm-{n}"),
+                ..request.clone()
+            })
+            .await
+            .expect("book");
+        assert_eq!(reply.outcome(), Outcome::Committed, "{reply:?}");
+    }
+    let saga = client
+        .book(BookRequest {
+            idempotency_key: "cm-saga".into(),
+            mode: booking_proto::v1::Mode::Saga as i32,
+            ..request.clone()
+        })
+        .await
+        .expect("book a saga");
+    assert_eq!(saga.outcome(), Outcome::Aborted, "sold out: {saga:?}");
+    checker::wait_quiescent(&test.cluster.shard_database_urls(), Duration::from_secs(30))
+        .await
+        .expect("quiescence");
+    let address = test
+        .cluster
+        .metrics_address(ProcessId::Coordinator)
+        .expect("the coordinator has a metrics port");
+
+    // The census gauges refresh every second: wait for them to settle.
+    let mut samples = scrape(address).await;
+    for _ in 0..50 {
+        if samples.get("coordinator_in_doubt") == Some(&0.0)
+            && samples.get("coordinator_known_transactions") == Some(&(COMMITTED as f64 + 1.0))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        samples = scrape(address).await;
+    }
+    let text = scrape_text(address).await;
+    for histogram in [
+        "coordinator_booking_seconds",
+        "coordinator_phase_seconds",
+        "coordinator_log_records_per_fsync",
+        "coordinator_log_fsync_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {histogram} histogram")),
+            "{histogram} is not a histogram:\n{text}"
+        );
+    }
+    let committed = value(
+        &samples,
+        r#"coordinator_bookings_total{mode="two_phase",outcome="committed"}"#,
+    );
+    assert_eq!(committed, COMMITTED as f64, "{samples:?}");
+    let saga_aborted = value(
+        &samples,
+        r#"coordinator_bookings_total{mode="saga",outcome="aborted"}"#,
+    );
+    assert_eq!(saga_aborted, 1.0);
+    assert_eq!(
+        value(&samples, r#"coordinator_phase_seconds_count{phase="prepare"}"#),
+        COMMITTED as f64
+    );
+    assert_eq!(
+        value(&samples, r#"coordinator_phase_seconds_count{phase="decide"}"#),
+        COMMITTED as f64
+    );
+    assert!(value(&samples, r#"coordinator_phase_seconds_count{phase="deliver"}"#) >= COMMITTED as f64);
+    assert!(value(&samples, r#"coordinator_phase_seconds_count{phase="saga_legs"}"#) >= 1.0);
+    // Every COMMIT and ABORT is forced: at least one fsync per decision, and
+    // each fsync covers at least one record.
+    let fsyncs = value(&samples, "coordinator_log_records_per_fsync_count");
+    let records = value(&samples, "coordinator_log_records_per_fsync_sum");
+    assert!(fsyncs >= COMMITTED as f64 + 1.0, "{samples:?}");
+    assert!(records >= fsyncs, "{samples:?}");
+    assert!(value(&samples, "coordinator_log_fsync_seconds_sum") > 0.0);
+    assert_eq!(value(&samples, "coordinator_in_doubt"), 0.0);
+    assert_eq!(value(&samples, "coordinator_undecided"), 0.0);
+    assert_eq!(value(&samples, "coordinator_inflight"), 0.0);
+    assert_eq!(value(&samples, "coordinator_known_transactions"), COMMITTED as f64 + 1.0);
+    assert_eq!(value(&samples, "coordinator_ready"), 1.0);
+    assert!(value(&samples, "coordinator_log_bytes") > 0.0);
+
+    // After a restart, the recovery figures describe the replay.
+    test.cluster
+        .restart(ProcessId::Coordinator)
+        .await
+        .expect("restart");
+    let samples = scrape(address).await;
+    let replayed = value(&samples, "coordinator_recovery_records");
+    assert!(replayed >= 3.0 * COMMITTED as f64, "{samples:?}");
+    assert_eq!(
+        value(&samples, r#"coordinator_recovery_transactions{case="ended"}"#),
+        COMMITTED as f64 + 1.0
+    );
+    assert!(value(&samples, "coordinator_recovery_seconds") > 0.0);
 }
