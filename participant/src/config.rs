@@ -11,6 +11,8 @@ use booking_proto::limits::PARTITIONS_MAX;
 use booking_proto::routing::parse_partition_set;
 use serde::Deserialize;
 
+use crate::writer::BATCH_OPS_MAX;
+
 /// Most writer tasks a participant may run.
 pub const WRITERS_MAX: usize = 64;
 /// Longest shard name, in bytes.
@@ -84,6 +86,7 @@ pub struct Settings {
     pub in_doubt_after_ms: Option<u64>,
     pub writers: Option<usize>,
     pub metrics_listen: Option<String>,
+    pub batch_max: Option<usize>,
 }
 
 /// Where to listen and how to run: the checked form of `Settings`.
@@ -113,6 +116,11 @@ pub struct Config {
     /// Where Prometheus scrapes `/metrics` (plain HTTP); None serves no
     /// metrics. Never the gRPC `listen` address.
     pub metrics_listen: Option<SocketAddr>,
+    /// Most operations one local transaction applies; 1..=BATCH_OPS_MAX,
+    /// default BATCH_OPS_MAX. 1 turns batching off (the naive benchmark
+    /// baseline). The binary applies it process-wide
+    /// (`writer::set_batch_ops_limit`) before `run` starts the lanes.
+    pub batch_max: usize,
 }
 
 impl Settings {
@@ -133,6 +141,7 @@ impl Settings {
             in_doubt_after_ms: self.in_doubt_after_ms.or(fallback.in_doubt_after_ms),
             writers: self.writers.or(fallback.writers),
             metrics_listen: self.metrics_listen.or(fallback.metrics_listen),
+            batch_max: self.batch_max.or(fallback.batch_max),
         }
     }
 
@@ -167,6 +176,7 @@ impl Settings {
             in_doubt_after: check_in_doubt_after(self.in_doubt_after_ms)?,
             writers: check_writers(self.writers.unwrap_or(backend.writers_default()))?,
             metrics_listen: check_metrics_listen(self.metrics_listen.as_deref(), listen)?,
+            batch_max: check_batch_max(self.batch_max.unwrap_or(BATCH_OPS_MAX))?,
         };
         Ok(ServeConfig {
             listen,
@@ -190,6 +200,7 @@ impl Config {
             in_doubt_after: Duration::from_millis(IN_DOUBT_AFTER_MS_DEFAULT),
             writers: backend.writers_default(),
             metrics_listen: None,
+            batch_max: BATCH_OPS_MAX,
         })
     }
 }
@@ -301,6 +312,17 @@ fn check_writers(writers: usize) -> Result<usize, ConfigError> {
     Ok(writers)
 }
 
+fn check_batch_max(batch_max: usize) -> Result<usize, ConfigError> {
+    if batch_max == 0 || batch_max > BATCH_OPS_MAX {
+        return Err(invalid(
+            "batch_max",
+            &batch_max.to_string(),
+            format!("must be 1..={BATCH_OPS_MAX} (1 turns batching off)"),
+        ));
+    }
+    Ok(batch_max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +348,7 @@ mod tests {
         assert_eq!(config.owned_partitions.len(), 22);
         assert_eq!(config.in_doubt_after, Duration::from_millis(2000));
         assert_eq!(config.metrics_listen, None, "no metrics unless asked");
+        assert_eq!(config.batch_max, BATCH_OPS_MAX, "batching on unless asked");
         let pg = Settings {
             database: Some("postgres://u@h/db".into()),
             ..full()
@@ -336,7 +359,7 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let file = Settings::from_toml(
-            "name = \"file\"\nwriters = 2\nin_doubt_after_ms = 500\nmetrics_listen = \"127.0.0.1:9101\"\n",
+            "name = \"file\"\nwriters = 2\nin_doubt_after_ms = 500\nmetrics_listen = \"127.0.0.1:9101\"\nbatch_max = 1\n",
         )
         .expect("valid toml");
         let flags = Settings {
@@ -347,6 +370,7 @@ mod tests {
         assert_eq!(config.name, "flag");
         assert_eq!(config.writers, 2);
         assert_eq!(config.in_doubt_after, Duration::from_millis(500));
+        assert_eq!(config.batch_max, 1);
         assert_eq!(
             config.metrics_listen,
             Some("127.0.0.1:9101".parse().expect("an address"))
@@ -432,6 +456,20 @@ mod tests {
                     ..full()
                 },
                 "metrics_listen",
+            ),
+            (
+                Settings {
+                    batch_max: Some(0),
+                    ..full()
+                },
+                "batch_max",
+            ),
+            (
+                Settings {
+                    batch_max: Some(BATCH_OPS_MAX + 1),
+                    ..full()
+                },
+                "batch_max",
             ),
             (
                 Settings {

@@ -11,12 +11,18 @@
 //! times first. The queues are bounded: when full, the caller is told to
 //! retry (RESOURCE_EXHAUSTED) instead of waiting.
 //!
+//! `batch_max` (`--batch-max`, default `BATCH_OPS_MAX`) caps a batch; 1
+//! turns batching off, one local commit per message: the naive baseline of
+//! `bookctl bench`, never a production setting. Correctness never depends
+//! on batching, so any limit is safe.
+//!
 //! Each lane numbers its batches and logs, at debug level, which txids a
 //! batch holds before it runs and how it ended, so a txid's request log
 //! (span `txid`) can be matched with the local commit that applied it. After
 //! each batch the lane records the local-commit series (`metrics`).
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +40,22 @@ use crate::store::{Applied, OpResult, Store};
 pub const BATCH_OPS_MAX: usize = 256;
 /// Most operations waiting, over all lanes.
 pub const QUEUED_OPS_MAX: usize = 4096;
+/// The batch limit of the lanes that [`Writers::start`] starts in this
+/// process: `BATCH_OPS_MAX` unless the binary lowered it from the checked
+/// `Config::batch_max` with [`set_batch_ops_limit`]. Process-wide because
+/// the server wires the lanes from `Config::writers` alone.
+static BATCH_OPS_LIMIT: AtomicUsize = AtomicUsize::new(BATCH_OPS_MAX);
+
+/// Sets the batch limit of every writer lane started from now on in this
+/// process (the participant binary's `--batch-max`).
+pub fn set_batch_ops_limit(limit: usize) {
+    assert!(
+        (1..=BATCH_OPS_MAX).contains(&limit),
+        "config checks 1 <= batch_max <= BATCH_OPS_MAX"
+    );
+    BATCH_OPS_LIMIT.store(limit, Ordering::Relaxed);
+}
+
 /// Times a batch is retried after a transient database error.
 const BATCH_RETRIES_MAX: u32 = 3;
 /// Pause before the first retry; doubled for each next one.
@@ -63,14 +85,32 @@ impl std::fmt::Debug for Writers {
 }
 
 impl Writers {
-    /// Starts `lanes` writer tasks on `tasks`.
+    /// Starts `lanes` writer tasks on `tasks`, with the process's batch
+    /// limit (see [`set_batch_ops_limit`]).
     pub fn start(
         store: Store,
         lanes: usize,
         metrics: Arc<Metrics>,
         tasks: &mut JoinSet<Result<(), String>>,
     ) -> Writers {
+        let batch_max = BATCH_OPS_LIMIT.load(Ordering::Relaxed);
+        Writers::start_with_batch_max(store, lanes, batch_max, metrics, tasks)
+    }
+
+    /// Starts `lanes` writer tasks on `tasks`, each applying at most
+    /// `batch_max` operations per local transaction.
+    pub fn start_with_batch_max(
+        store: Store,
+        lanes: usize,
+        batch_max: usize,
+        metrics: Arc<Metrics>,
+        tasks: &mut JoinSet<Result<(), String>>,
+    ) -> Writers {
         assert!(lanes > 0, "config checks writers >= 1");
+        assert!(
+            (1..=BATCH_OPS_MAX).contains(&batch_max),
+            "config checks 1 <= batch_max <= BATCH_OPS_MAX"
+        );
         let lane_capacity = (QUEUED_OPS_MAX / lanes).max(1);
         let senders = (0..lanes)
             .map(|lane| {
@@ -79,6 +119,7 @@ impl Writers {
                     store: store.clone(),
                     metrics: Arc::clone(&metrics),
                     index: lane,
+                    batch_max,
                 };
                 tasks.spawn(async move {
                     lane.run(receiver).await;
@@ -115,15 +156,17 @@ struct Lane {
     store: Store,
     metrics: Arc<Metrics>,
     index: usize,
+    /// Most operations per local transaction; 1..=BATCH_OPS_MAX.
+    batch_max: usize,
 }
 
 impl Lane {
     /// Batch after batch until the queue is closed and empty.
     async fn run(self, mut queue: mpsc::Receiver<Job>) {
         let lane = self.index;
-        let mut jobs = Vec::with_capacity(BATCH_OPS_MAX);
+        let mut jobs = Vec::with_capacity(self.batch_max);
         let mut batch: u64 = 0;
-        while queue.recv_many(&mut jobs, BATCH_OPS_MAX).await > 0 {
+        while queue.recv_many(&mut jobs, self.batch_max).await > 0 {
             batch += 1;
             let (ops, replies): (Vec<Op>, Vec<_>) =
                 jobs.drain(..).map(|job| (job.op, job.reply)).unzip();
@@ -196,5 +239,53 @@ async fn apply_with_retries(store: &Store, ops: &[Op]) -> Result<Applied, StoreE
             }
             outcome => return outcome,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::model::TxnId;
+
+    /// Submits `count` ABORTs (fences) at once through one lane capped at
+    /// `batch_max`; returns the local commits made.
+    async fn fences_through(batch_max: usize, count: usize) -> f64 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/s0.db", dir.path().display());
+        let config = Config::new("s0", &url, 1).expect("valid config");
+        let store = Store::open(&config).await.expect("open store");
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = ::metrics::with_local_recorder(&recorder, Metrics::register);
+        let mut tasks = JoinSet::new();
+        let writers = Writers::start_with_batch_max(store, 1, batch_max, metrics, &mut tasks);
+        let submits = (0..count).map(|i| {
+            let txid = TxnId::parse("txid", &uuid::Uuid::from_u128(i as u128 + 1).to_string())
+                .expect("a uuid is a valid txid");
+            writers.submit(Op::Abort(txid))
+        });
+        for result in futures::future::join_all(submits).await {
+            result.expect("a fence is always recorded");
+        }
+        let text = recorder.handle().render();
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(crate::metrics::LOCAL_COMMITS_TOTAL)?
+                    .strip_prefix(' ')
+            })
+            .map_or(0.0, |v| v.parse::<f64>().expect("a number"))
+    }
+
+    #[tokio::test]
+    async fn batch_max_one_gives_every_message_its_own_local_commit() {
+        assert_eq!(fences_through(1, 24).await, 24.0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_never_exceeds_batch_max() {
+        let commits = fences_through(4, 24).await;
+        assert!(commits >= 6.0, "24 ops in batches of at most 4: {commits}");
+        let batched = fences_through(BATCH_OPS_MAX, 24).await;
+        assert!(batched >= 1.0 && batched <= commits, "{batched} vs {commits}");
     }
 }

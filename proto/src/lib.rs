@@ -6,6 +6,7 @@
 //! This crate does no I/O.
 
 pub mod limits;
+pub mod logging;
 pub mod routing;
 pub mod validate;
 

@@ -48,17 +48,25 @@ async fn main() -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(code));
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // RUST_LOG sets the level, LOG_FORMAT=json the format.
+    booking_proto::logging::init("info")?;
     // Reads FAILPOINTS once; see coordinator::failpoints.
     let _failpoints = fail::FailScenario::setup();
     match cli.command {
         Command::Serve { config } => serve(config).await.map(|()| ExitCode::SUCCESS),
-        Command::Inspect(args) => Ok(coordinator::inspect::run(args).await?),
+        Command::Inspect(args) => Ok(inspect(args).await),
+    }
+}
+
+/// Runs `coordinator inspect`; an error is one line saying what to fix
+/// (no backtrace, even with RUST_BACKTRACE set: it is an operator's tool).
+async fn inspect(args: coordinator::inspect::InspectArgs) -> ExitCode {
+    match coordinator::inspect::run(args).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

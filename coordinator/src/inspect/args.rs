@@ -106,8 +106,17 @@ mod tests {
     #[test]
     fn states_repeat_or_split_on_commas_and_json_goes_anywhere() {
         let cli = Cli::try_parse_from([
-            "x", "--log-dir", "/l", "list", "--state", "open,committed", "--state", "ended",
-            "--older-than", "1m30s", "--json",
+            "x",
+            "--log-dir",
+            "/l",
+            "list",
+            "--state",
+            "open,committed",
+            "--state",
+            "ended",
+            "--older-than",
+            "1m30s",
+            "--json",
         ])
         .expect("parse");
         assert!(cli.inspect.json);
@@ -116,7 +125,11 @@ mod tests {
         };
         assert_eq!(
             list.state,
-            [StateFilter::Open, StateFilter::Committed, StateFilter::Ended]
+            [
+                StateFilter::Open,
+                StateFilter::Committed,
+                StateFilter::Ended
+            ]
         );
         assert_eq!(list.older_than, Some(Duration::from_secs(90)));
     }
@@ -124,6 +137,9 @@ mod tests {
     #[test]
     fn a_malformed_duration_says_how_to_write_one() {
         let error = Cli::try_parse_from(["x", "list", "--older-than", "soon"]).unwrap_err();
-        assert!(error.to_string().contains("write a duration like 30s"), "{error}");
+        assert!(
+            error.to_string().contains("write a duration like 30s"),
+            "{error}"
+        );
     }
 }

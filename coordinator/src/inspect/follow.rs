@@ -46,12 +46,11 @@ pub(crate) async fn run(
     }
     .map_err(|source| log_error(dir, source))?;
     let start = tail.position();
-    eprintln!(
-        "following {} from segment {} offset {}; Ctrl-C stops",
-        dir.display(),
-        start.segment,
-        start.offset
-    );
+    let from = match start.offset {
+        0 => format!("the start of segment {}", start.segment),
+        offset => format!("segment {} offset {offset}", start.segment),
+    };
+    eprintln!("following {} from {from}; Ctrl-C stops", dir.display());
     let limit = args.exit_after.unwrap_or(u64::MAX);
     let mut printed = 0;
     let mut waiting = WaitNote::default();

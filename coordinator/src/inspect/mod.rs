@@ -13,7 +13,7 @@
 //! | subcommand | reads                               | module      |
 //! |------------|-------------------------------------|-------------|
 //! | `list`     | every segment (`scan`)              | `list.rs`   |
-//! | `show`     | every segment; with `--live` the coordinator and the transaction's shards | `show.rs`, `live.rs` |
+//! | `show`     | every segment; with `--live` the coordinator and the transaction's shards | `show.rs`, `live.rs`, `diagnosis.rs` |
 //! | `follow`   | the last segment, incrementally     | `follow.rs` |
 //! | `stats`    | every segment (`scan`), file sizes  | `stats.rs`  |
 //! | `verify`   | every frame of every segment        | `verify.rs` |
@@ -23,6 +23,7 @@
 //! a torn tail and 3 for damage that stops the coordinator from starting.
 
 mod args;
+mod diagnosis;
 mod follow;
 mod list;
 mod live;
@@ -58,7 +59,9 @@ pub enum InspectError {
     LogRead { dir: PathBuf, error: LogError },
     #[error("the decision log in {}: {error}", dir.display())]
     Records { dir: PathBuf, error: ModelError },
-    #[error("{0:?} is not a valid txid: a txid is a UUID like 0190b2c4-7d1e-7c3a-9f00-000000000000")]
+    #[error(
+        "{0:?} is not a valid txid: a txid is a UUID like 0190b2c4-7d1e-7c3a-9f00-000000000000"
+    )]
     MalformedTxid(String),
     #[error("no transaction has txid or idempotency key {query:?} in the decision log in {} ({scanned} transactions there); ended transactions are removed once the retention window has passed", dir.display())]
     NotFound {
@@ -128,7 +131,7 @@ pub(crate) struct LoadedLog {
 /// Scans the log (read-only) and summarises its transactions. A torn tail
 /// is noted on stderr; damage elsewhere is an error naming it.
 pub(crate) fn load(dir: &Path) -> Result<LoadedLog, InspectError> {
-    let replayed = scan(dir).map_err(|source| log_error(dir, source))?;
+    let replayed = scan_retrying(dir).map_err(|error| log_error(dir, error))?;
     let txns = model::summarize(&replayed, render::now_unix_ms()).map_err(|error| {
         InspectError::Records {
             dir: dir.to_path_buf(),
@@ -140,6 +143,26 @@ pub(crate) fn load(dir: &Path) -> Result<LoadedLog, InspectError> {
         replayed,
         txns,
     })
+}
+
+/// Times to scan again when a listed segment vanished before it was read.
+const SCAN_ATTEMPTS: usize = 3;
+
+/// `scan`, again when retention removed a segment between listing the
+/// directory and reading it (every transaction of such a segment ended, so
+/// the next scan simply does not list it).
+fn scan_retrying(dir: &Path) -> Result<Replayed, LogError> {
+    let mut attempt = 1;
+    loop {
+        match scan(dir) {
+            Err(LogError::Io { source, .. })
+                if source.kind() == io::ErrorKind::NotFound && attempt < SCAN_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 pub(crate) fn log_error(dir: &Path, error: LogError) -> InspectError {

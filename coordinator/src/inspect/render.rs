@@ -5,7 +5,7 @@
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use comfy_table::{presets, ContentArrangement, Table};
+use comfy_table::{presets, ColumnConstraint, ContentArrangement, Table, Width};
 use serde::Serialize;
 
 /// `2026-01-05T10:11:12.345Z`: RFC 3339, milliseconds, UTC.
@@ -33,6 +33,11 @@ pub fn age(ms: u64) -> String {
     }
 }
 
+/// Narrower terminals get unwrapped rows rather than unreadable columns.
+const TERMINAL_COLUMNS_MIN: u16 = 60;
+/// Columns no wider than this (states, ages, shard lists) never wrap.
+const UNWRAPPED_COLUMN_CHARS_MAX: usize = 16;
+
 /// Rows under a header, written as a bordered table when `terminal`, as
 /// columns separated by two spaces otherwise.
 pub fn table(
@@ -45,8 +50,28 @@ pub fn table(
         let mut table = Table::new();
         table
             .load_preset(presets::UTF8_FULL_CONDENSED)
-            .set_content_arrangement(ContentArrangement::Dynamic)
             .set_header(header.to_vec());
+        // Wrap cells to the terminal's width only when it is known and
+        // sensible; a pseudo-terminal may report 0 columns.
+        if table
+            .width()
+            .is_some_and(|width| width >= TERMINAL_COLUMNS_MIN)
+        {
+            table.set_content_arrangement(ContentArrangement::Dynamic);
+            // Only long columns wrap; the first is what operators copy (a
+            // txid, a time) and never does; a wrapped one keeps a readable
+            // width even if the table then overflows a narrow terminal.
+            for (index, width) in column_widths(header, rows).into_iter().enumerate() {
+                let constraint = if index == 0 || width <= UNWRAPPED_COLUMN_CHARS_MAX {
+                    ColumnConstraint::ContentWidth
+                } else {
+                    ColumnConstraint::LowerBoundary(Width::Fixed(UNWRAPPED_COLUMN_CHARS_MAX as u16))
+                };
+                if let Some(column) = table.column_mut(index) {
+                    column.set_constraint(constraint);
+                }
+            }
+        }
         for row in rows {
             table.add_row(row.clone());
         }
@@ -55,13 +80,19 @@ pub fn table(
     plain_table(out, header, rows)
 }
 
-fn plain_table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+/// The widest cell of each column, header included, in characters.
+fn column_widths(header: &[&str], rows: &[Vec<String>]) -> Vec<usize> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
+    widths
+}
+
+fn plain_table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+    let widths = column_widths(header, rows);
     let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
     for row in std::iter::once(&header).chain(rows) {
         let cells: Vec<String> = row

@@ -109,7 +109,9 @@ fn state_sentence(txn: &TxnSummary) -> String {
         TxnState::InDoubt => "decided, END not logged: some shard has not acknowledged yet",
         TxnState::Committed => "COMMIT and END logged: every shard acknowledged",
         TxnState::Aborted => "ABORT and END logged: every shard acknowledged",
-        TxnState::Ended => "END logged; the outcome is unknown, its record was removed by retention",
+        TxnState::Ended => {
+            "END logged; the outcome is unknown, its record was removed by retention"
+        }
     };
     format!("{} ({meaning})", txn.state.name())
 }
@@ -128,7 +130,12 @@ fn write_timeline(out: &mut dyn Write, txn: &TxnSummary, output: Output) -> std:
             ]
         })
         .collect();
-    render::table(out, &["AT (UTC)", "SEGMENT@OFFSET", "KIND", "SAYS"], &rows, output.terminal)
+    render::table(
+        out,
+        &["AT (UTC)", "SEGMENT@OFFSET", "KIND", "SAYS"],
+        &rows,
+        output.terminal,
+    )
 }
 
 fn write_live(out: &mut dyn Write, live: &LiveView) -> std::io::Result<()> {

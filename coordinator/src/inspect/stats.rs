@@ -14,6 +14,9 @@ use super::render::{self, or_dash};
 use super::{log_error, InspectError, LoadedLog, Output};
 use crate::log::{segment_file_name, segments};
 
+/// Record kinds in the order a transaction writes them.
+const KINDS: [&str; 5] = ["begin", "saga_begin", "commit", "abort", "end"];
+
 #[derive(Serialize)]
 struct StatsReport {
     log_dir: String,
@@ -72,10 +75,8 @@ pub(crate) fn run(
 
 fn report(dir: &Path, log: &LoadedLog) -> Result<StatsReport, InspectError> {
     let segments = segment_stats(dir)?;
-    let mut records_by_kind: BTreeMap<String, usize> = ["begin", "saga_begin", "commit", "abort", "end"]
-        .iter()
-        .map(|kind| (kind.to_string(), 0))
-        .collect();
+    let mut records_by_kind: BTreeMap<String, usize> =
+        KINDS.iter().map(|kind| (kind.to_string(), 0)).collect();
     for (_, record) in &log.replayed.records {
         *records_by_kind
             .entry(model::kind_name(record.kind))
@@ -90,7 +91,10 @@ fn report(dir: &Path, log: &LoadedLog) -> Result<StatsReport, InspectError> {
         },
         Some(cut) => TailStatus {
             status: "torn",
-            segment_file: cut.segment.file_name().map(|n| n.to_string_lossy().into_owned()),
+            segment_file: cut
+                .segment
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned()),
             offset: Some(cut.offset),
             bytes: Some(cut.bytes_cut),
         },
@@ -149,16 +153,25 @@ fn write_text(out: &mut dyn Write, report: &StatsReport) -> std::io::Result<()> 
     for segment in &report.segments {
         writeln!(out, "  {}  {} bytes", segment.segment_file, segment.bytes)?;
     }
-    let kinds: Vec<String> = report
-        .records_by_kind
+    let kinds: Vec<String> = KINDS
         .iter()
-        .map(|(kind, count)| format!("{kind} {count}"))
+        .map(|kind| format!("{kind} {}", report.records_by_kind[*kind]))
         .collect();
-    writeln!(out, "records:       {} ({})", report.records_total, kinds.join(", "))?;
-    let states: Vec<String> = report
-        .transactions_by_state
+    writeln!(
+        out,
+        "records:       {} ({})",
+        report.records_total,
+        kinds.join(", ")
+    )?;
+    let states: Vec<String> = TxnState::ALL
         .iter()
-        .map(|(state, count)| format!("{state} {count}"))
+        .map(|state| {
+            format!(
+                "{} {}",
+                state.name(),
+                report.transactions_by_state[state.name()]
+            )
+        })
         .collect();
     writeln!(
         out,

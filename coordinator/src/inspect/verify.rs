@@ -54,7 +54,11 @@ struct DamageView {
     bytes_from_offset: u64,
 }
 
-pub(crate) fn run(dir: &Path, output: Output, out: &mut dyn Write) -> Result<ExitCode, InspectError> {
+pub(crate) fn run(
+    dir: &Path,
+    output: Output,
+    out: &mut dyn Write,
+) -> Result<ExitCode, InspectError> {
     let report = report(dir)?;
     if output.json {
         render::json_line(out, &report)?;
@@ -69,15 +73,20 @@ fn report(dir: &Path) -> Result<VerifyReport, InspectError> {
     let mut verdicts = Vec::new();
     for (index, (seq, path)) in listed.iter().enumerate() {
         let name = segment_file_name(*seq);
-        let bytes = std::fs::read(path).map_err(|source| {
-            log_error(
-                dir,
-                LogError::Io {
-                    context: format!("read segment {name}"),
-                    source,
-                },
-            )
-        })?;
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            // Removed by retention since it was listed: all its transactions ended.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(log_error(
+                    dir,
+                    LogError::Io {
+                        context: format!("read segment {name}"),
+                        source,
+                    },
+                ))
+            }
+        };
         let check = check_segment(&bytes, index + 1 == listed.len());
         verdicts.push(SegmentVerdict {
             segment: *seq,
@@ -125,7 +134,7 @@ fn message(verdict: &str, segments: &[SegmentVerdict]) -> String {
     });
     match verdict {
         "clean" => format!(
-            "every frame checks out: {records} records in {} segments",
+            "every frame checks out: {records} records in {} segment(s)",
             segments.len()
         ),
         "torn_tail" => format!(

@@ -273,10 +273,7 @@ impl LogTail {
     /// Appends the segment's new bytes to `pending`; follows a cut tail.
     fn read_appended(&mut self) -> Result<(), LogError> {
         let name = segment_file_name(self.seq);
-        let file = self
-            .file
-            .as_ref()
-            .expect("open_current opened the segment");
+        let file = self.file.as_ref().expect("open_current opened the segment");
         let len = file
             .metadata()
             .map_err(LogError::io(format!("stat segment {name}")))?
@@ -345,9 +342,8 @@ impl LogTail {
                 FrameRead::Bad { reason, frame_end } => {
                     if !zeros_from(&self.pending, frame_end) {
                         let after = self.pending.len() as u64 - frame_end;
-                        return Err(
-                            self.corrupt(offset, format!("{reason}, followed by {after} more bytes"))
-                        );
+                        return Err(self
+                            .corrupt(offset, format!("{reason}, followed by {after} more bytes")));
                     }
                     waiting = Some(TailWait {
                         segment: self.path_of(self.seq),
@@ -458,7 +454,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         append(dir.path(), 1, &[header(), framed(1)].concat());
         let mut tail = LogTail::from_end(dir.path()).unwrap();
-        assert_eq!(tail.poll().unwrap(), TailPoll::default(), "starts at the end");
+        assert_eq!(
+            tail.poll().unwrap(),
+            TailPoll::default(),
+            "starts at the end"
+        );
 
         let second = framed(2);
         let (first_half, second_half) = second.split_at(second.len() / 2);
@@ -560,13 +560,16 @@ mod tests {
         assert!(error.to_string().contains("not the last"), "{error}");
     }
 
+    /// Where the first bad frame is, and whether it is a torn tail.
+    type Verdict = (u64, bool);
+
     #[test]
     fn check_segment_agrees_with_scan() {
         let whole = [header(), framed(1), framed(2)].concat();
         let second_at = HEADER_BYTES + framed(1).len() as u64;
         let mut flipped_first = whole.clone();
         flipped_first[HEADER_BYTES as usize + 12] ^= 0x40;
-        let cases: Vec<(&str, Vec<u8>, Option<(u64, bool)>)> = vec![
+        let cases: Vec<(&str, Vec<u8>, Option<Verdict>)> = vec![
             ("clean", whole.clone(), None),
             (
                 "torn",

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use participant::Settings;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +61,10 @@ struct ServeArgs {
     /// Serve Prometheus metrics on http://<ip:port>/metrics, e.g. 127.0.0.1:9101.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Most protocol messages applied in one local transaction (default 256);
+    /// 1 turns batching off, for the naive baseline of `bookctl bench` only.
+    #[arg(long, env = "PARTICIPANT_BATCH_MAX")]
+    batch_max: Option<usize>,
 }
 
 impl ServeArgs {
@@ -76,6 +79,7 @@ impl ServeArgs {
             in_doubt_after_ms: self.in_doubt_after_ms,
             writers: self.writers,
             metrics_listen: self.metrics_listen.clone(),
+            batch_max: self.batch_max,
         };
         let Some(path) = &self.config else {
             return Ok(flags);
@@ -98,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         .settings()?
         .resolve()
         .context("check the participant configuration")?;
+    participant::writer::set_batch_ops_limit(config.participant.batch_max);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("bind {}", config.listen))?;
@@ -108,23 +113,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Logs to stderr, filtered by `RUST_LOG`, as text or JSON (`LOG_FORMAT`).
 fn init_logging() -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match std::env::var("LOG_FORMAT").as_deref() {
-        Err(std::env::VarError::NotPresent) | Ok("" | "text") => logs.init(),
-        Ok("json") => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
-        Ok(other) => anyhow::bail!("LOG_FORMAT={other:?}: use \"text\" (the default) or \"json\""),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            anyhow::bail!("LOG_FORMAT is not UTF-8: use \"text\" (the default) or \"json\"")
-        }
-    }
-    Ok(())
+    Ok(booking_proto::logging::init("info")?)
 }
 
 /// The one stdout line tests wait for.
