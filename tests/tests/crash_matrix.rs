@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use booking_client::ProcessId;
-use booking_tests::harness::{CrashHarness, Fault, COORDINATOR_FAILPOINTS, PARTICIPANT_FAILPOINTS};
+use booking_tests::harness::{
+    CrashHarness, Fault, COORDINATOR_FAILPOINTS, PARTICIPANT_FAILPOINTS, RETENTION_SECS,
+};
 use booking_tests::*;
 use rand::Rng;
 
@@ -34,10 +36,18 @@ async fn run_matrix(db: Db, faults: Vec<Fault>) {
         }
     }
     assert!(failed.is_empty(), "violations:\n{}", failed.join("\n\n"));
-    // Retention ran among the crashes: the oldest segments are gone.
+    // Retention runs among the crashes; once the window has passed over the
+    // quiescent cluster, the oldest segment must be gone (no transaction of
+    // it may be left open after all those crashes and recoveries).
     let log_dir = harness.test.cluster.data_dir().join("coordinator-log");
+    let first = log_dir.join("0000000000000001.seg");
+    let window: u64 = RETENTION_SECS.parse().expect("a number of seconds");
+    let deadline = std::time::Instant::now() + Duration::from_secs(window + 10);
+    while first.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     assert!(
-        !log_dir.join("0000000000000001.seg").exists(),
+        !first.exists(),
         "retention never removed the first segment of {}",
         log_dir.display()
     );
