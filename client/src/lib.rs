@@ -13,12 +13,15 @@
 //! - [`load`]: a load generator of concurrent customers that records every
 //!   outcome in an [`Oracle`].
 //! - [`demo`]: `bookctl demo`, which strings all of the above together.
+//! - [`bench`]: `bookctl bench`, throughput and latency of 2PC against its
+//!   baselines on real processes.
 //! - [`render`]: human and JSON renderings of replies for `bookctl`.
 //!
 //! The library writes nothing on the wire that the `.proto` contract does not
 //! define; it writes to disk only under the data directories it is given
 //! (cluster configuration, process logs, PostgreSQL data).
 
+pub mod bench;
 pub mod checker;
 pub mod client;
 pub mod cluster;

@@ -118,11 +118,23 @@ pub struct PgCluster {
     as_server_user: bool,
     /// True between a successful start and a stop.
     running: bool,
+    /// `name = value` lines appended after the defaults (later lines win).
+    extra_settings: Vec<(String, String)>,
 }
 
 impl PgCluster {
     /// Creates a server with databases `shard0..shard{n-1}` and starts it.
     pub async fn start(databases: usize) -> Result<PgCluster, PgError> {
+        PgCluster::start_with_settings(databases, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with extra server settings appended to
+    /// postgresql.conf after the defaults, e.g. `("max_connections", "400")`
+    /// (values as postgresql.conf spells them).
+    pub async fn start_with_settings(
+        databases: usize,
+        settings: &[(&str, &str)],
+    ) -> Result<PgCluster, PgError> {
         let bin_dir = find_server_binaries()?;
         let as_server_user = running_as_root();
         let dir = make_dir(as_server_user)?;
@@ -134,6 +146,10 @@ impl PgCluster {
             databases,
             as_server_user,
             running: false,
+            extra_settings: settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         cluster.init().await?;
         cluster.start_server().await?;
@@ -153,6 +169,13 @@ impl PgCluster {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The postmaster's process id (first line of `postmaster.pid`), while
+    /// the server runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
     }
 
     /// The server's own log file.
@@ -191,7 +214,11 @@ impl PgCluster {
              full_page_writes = on\n",
             self.port,
             self.dir.path().display()
-        );
+        ) + &self
+            .extra_settings
+            .iter()
+            .map(|(key, value)| format!("{key} = {value}\n"))
+            .collect::<String>();
         let path = self.data_dir().join("postgresql.conf");
         OpenOptions::new()
             .append(true)
@@ -362,6 +389,19 @@ mod tests {
     async fn scalar(url: &str, sql: &str) -> Result<String, sqlx::Error> {
         let mut connection = PgConnection::connect(url).await?;
         sqlx::query_scalar(sql).fetch_one(&mut connection).await
+    }
+
+    /// Needs the PostgreSQL server binaries.
+    #[tokio::test]
+    async fn extra_settings_override_the_defaults() {
+        let pg = PgCluster::start_with_settings(1, &[("max_prepared_transactions", "300")])
+            .await
+            .expect("start PostgreSQL");
+        let url = pg.database_url(0);
+        let prepared = scalar(&url, "SHOW max_prepared_transactions").await;
+        assert_eq!(prepared.unwrap(), "300");
+        let pid = pg.server_pid().expect("a running server has a postmaster");
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     }
 
     /// Needs the PostgreSQL server binaries; fails saying what to install

@@ -49,6 +49,9 @@ enum Command {
     /// Operator actions on the live coordinator.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Start local clusters, book a fixed workload on 2PC and its
+    /// baselines, print throughput, latency, fsync and CPU figures.
+    Bench(booking_client::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -196,7 +199,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin(AdminCommand::Retry { txid, json }) => {
             admin_retry(&cli.coordinator, &txid, json).await
         }
+        Command::Bench(args) => run_bench(args).await,
     }
+}
+
+async fn run_bench(args: booking_client::bench::BenchArgs) -> anyhow::Result<ExitCode> {
+    use booking_client::bench::{self, BenchOptions};
+    let options = BenchOptions::try_from(&args).map_err(anyhow::Error::msg)?;
+    let output = bench::run(&options).await.context("run the benchmark")?;
+    if !options.json {
+        println!("machine: {}", bench::machine());
+        print!("{}", output.markdown());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn admin_retry(coordinator: &str, txid: &str, json: bool) -> anyhow::Result<ExitCode> {
@@ -441,6 +456,16 @@ mod tests {
         assert_eq!(request.mode, Mode::Saga as i32);
         assert_eq!(request.legs[1].seats, ["12A", "12B"]);
         booking_proto::validate::book_request(&request).expect("valid");
+    }
+
+    #[test]
+    fn bench_flags_are_checked_before_anything_starts() {
+        let cli = Cli::try_parse_from(["bookctl", "bench", "--variants", "a,e"]).expect("parses");
+        let Command::Bench(args) = cli.command else {
+            panic!("bench")
+        };
+        let error = booking_client::bench::BenchOptions::try_from(&args).unwrap_err();
+        assert!(error.contains("needs --db postgres"), "{error}");
     }
 
     #[test]
