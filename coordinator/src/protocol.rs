@@ -171,7 +171,10 @@ impl TxnHistory {
 /// |                                    |                  | COMMIT; else log ABORT and compensate every shard      |
 ///
 /// For a saga, RedriveCommit only writes END (every leg is already a local
-/// commit) and RedriveAbort compensates every shard again (idempotent).
+/// commit) and RedriveAbort compensates every shard again (idempotent). For
+/// a one-phase booking both only write END: the shard's local commit (or
+/// refusal) decided before the outcome was logged, and a COMMIT sent to it
+/// would be refused as a protocol violation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecoveryCase {
     Ended,

@@ -113,9 +113,17 @@ pub fn recover(core: &Arc<Core>, replayed: &Replayed) -> Result<RecoveryReport, 
                 core.registry.restore(txn, reply, decided_at, None);
                 let shards = shard_indexes(core, &header);
                 match (header.mode, commit) {
+                    // One-phase: the shard's own local commit (or refusal)
+                    // decided, and was final before the outcome was logged;
+                    // a COMMIT sent now would be refused as a protocol
+                    // violation. A saga's legs are local commits too.
+                    _ if header.one_phase => {
+                        let core = Arc::clone(core);
+                        tokio::spawn(async move { core.log_end(header).await });
+                    }
                     (Mode::Saga, true) => {
                         let core = Arc::clone(core);
-                        tokio::spawn(async move { core.finish_saga_commit(header).await });
+                        tokio::spawn(async move { core.log_end(header).await });
                     }
                     (Mode::Saga, false) => {
                         core.spawn_phase_two(header, Decision::Compensate, shards)

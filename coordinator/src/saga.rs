@@ -120,7 +120,7 @@ impl Core {
             .await?;
         self.registry.decide(header.txid, reply.clone());
         let committed = reply.outcome == booking_proto::v1::Outcome::Committed as i32;
-        info!(
+        tracing::debug!(
             outcome = if committed { "COMMIT" } else { "ABORT" },
             "saga decided"
         );
@@ -180,7 +180,7 @@ impl Core {
                 }
                 core.registry.decide(header.txid, reply);
                 if commit {
-                    core.finish_saga_commit(header).await;
+                    core.log_end(header).await;
                 } else {
                     core.spawn_phase_two(header, Decision::Compensate, shards);
                 }
@@ -189,8 +189,11 @@ impl Core {
         );
     }
 
-    /// A saga whose COMMIT is logged only lacks its END.
-    pub(crate) async fn finish_saga_commit(&self, header: TxnHeader) {
+    /// A transaction with nothing left to deliver only lacks its END: a
+    /// saga whose COMMIT is logged (every leg is a local commit), or a
+    /// one-phase booking whose outcome is logged (the shard's local commit
+    /// decided it).
+    pub(crate) async fn log_end(&self, header: TxnHeader) {
         if let Err(error) = self.log().append(header.end(), Durability::Written).await {
             error!(%error, "decision log failed writing a saga's END");
             self.fatal().cancel();

@@ -46,11 +46,46 @@ async fn run_matrix(db: Db, faults: Vec<Fault>) {
     while first.exists() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(
-        !first.exists(),
-        "retention never removed the first segment of {}",
-        log_dir.display()
-    );
+    if first.exists() {
+        panic!(
+            "retention never removed the first segment of {}:\n{}",
+            log_dir.display(),
+            why_kept(&harness, &log_dir)
+        );
+    }
+}
+
+/// What holds the first segment back: the transactions the log leaves
+/// open, and the coordinator's errors and retention lines.
+fn why_kept(harness: &CrashHarness, log_dir: &std::path::Path) -> String {
+    let mut why = String::new();
+    match coordinator::log::scan(log_dir) {
+        Ok(replayed) => match coordinator::recovery::histories(&replayed) {
+            Ok(histories) => {
+                for (txid, history) in histories.iter().filter(|(_, h)| h.end.is_none()) {
+                    why += &format!(
+                        "open in the log: {txid} first in segment {} (begin {}, decision {})\n",
+                        history.first_segment,
+                        history.begin.is_some(),
+                        history.decision.is_some()
+                    );
+                }
+            }
+            Err(error) => why += &format!("histories: {error}\n"),
+        },
+        Err(error) => why += &format!("scan: {error}\n"),
+    }
+    let log = std::fs::read_to_string(harness.test.cluster.log_path(ProcessId::Coordinator))
+        .unwrap_or_default();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("retention") || l.contains("panicked"))
+        .take(40)
+    {
+        why += line;
+        why.push('\n');
+    }
+    why
 }
 
 /// A failpoint armed to fire after a few passes, so not always on the first

@@ -384,11 +384,11 @@ pub fn recovery_action(
     let saga = mode == Mode::Saga;
     match case {
         RecoveryCase::Ended => "nothing: every shard acknowledged the decision (END is logged)".into(),
+        RecoveryCase::RedriveCommit | RecoveryCase::RedriveAbort if one_phase => {
+            "a restart logs END (the shard's own local commit decided; nothing to deliver)".into()
+        }
         RecoveryCase::RedriveCommit if saga => {
             "a restart logs END (every leg of a committed saga is already a local commit)".into()
-        }
-        RecoveryCase::RedriveCommit if one_phase => {
-            format!("a restart re-sends COMMIT to {names} (already a local commit there), then logs END")
         }
         RecoveryCase::RedriveCommit => format!("a restart re-sends COMMIT to {names}, then logs END"),
         RecoveryCase::RedriveAbort if saga => {
