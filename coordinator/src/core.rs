@@ -241,7 +241,7 @@ impl Core {
             crash_point("coordinator::after_commit_logged");
         }
         self.registry.decide(header.txid, reply.clone());
-        info!(outcome = if commit { "COMMIT" } else { "ABORT" }, "decided");
+        tracing::debug!(outcome = if commit { "COMMIT" } else { "ABORT" }, "decided");
         let decision = if commit {
             Decision::Commit
         } else {

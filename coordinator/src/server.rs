@@ -62,12 +62,15 @@ pub async fn run(
     let service = CoordinatorServer::new(CoordinatorService::new(Arc::clone(&ready)))
         .max_decoding_message_size(DECODE_BYTES_MAX);
     let address = listener.local_addr().context("read the listener address")?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY on every accepted connection: `Server::tcp_nodelay` is
+    // ignored by `serve_with_incoming`, and without it small replies wait
+    // for a delayed ACK (about 40 ms).
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = CancellationToken::new();
     let stop_serving = stop.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(service)
