@@ -159,11 +159,15 @@ async fn participant_metrics_are_scraped() {
                 value(&samples, "participant_batch_txids_sum") >= 2.0 * COMMITTED as f64,
                 "every YES and every COMMIT went through a batch: {samples:?}"
             );
+            // The sold-out booking's PREPARE may never reach the second
+            // shard: once the first NO decides ABORT, the coordinator drops
+            // the call still in flight.
             assert!(
                 value(
                     &samples,
                     r#"participant_request_seconds_count{rpc="prepare"}"#
-                ) >= COMMITTED as f64 + 1.0
+                ) >= COMMITTED as f64,
+                "s{shard}: {samples:?}"
             );
             assert!(value(&samples, "participant_local_commit_seconds_sum") > 0.0);
         }
