@@ -1,22 +1,23 @@
 //! Running a participant: serve `/metrics` if configured, open the store
-//! (migrations), start the writer lanes and the in-doubt sweep, serve gRPC
-//! (Participant, Health, Reflection) on the given listener until the
-//! shutdown future resolves, then drain: stop accepting, let the writers
-//! finish their queues, close the pool. A critical task that stops early
+//! (migrations), start the writer lanes, the in-doubt sweep and (SQLite)
+//! the WAL checkpointer, serve gRPC (Participant, Health, Reflection) on
+//! the given listener until the shutdown future resolves, then drain: stop
+//! accepting, let the writers finish their queues, close the pool. A critical task that stops early
 //! stops the process with an error; the metrics endpoint is not critical.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use booking_proto::v1::participant_server::ParticipantServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::error::RunError;
 use crate::metrics::{self, Metrics};
 use crate::resolver::InDoubtResolver;
@@ -28,6 +29,9 @@ use crate::writer::Writers;
 /// Largest gRPC message tonic decodes; the contract's own limit
 /// (`MESSAGE_BYTES_MAX`) is checked per request, with a clearer message.
 pub const DECODING_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// How often the SQLite WAL is checkpointed (`start_checkpointer`).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Background tasks whose early end stops the process.
 type CriticalTasks = JoinSet<Result<(), String>>;
@@ -65,6 +69,9 @@ pub async fn run_with_ready(
         &mut tasks,
     );
     start_resolver(&config, &store, &writers, &metrics, &stop, &mut tasks)?;
+    if config.backend == Backend::Sqlite {
+        start_checkpointer(&store, &stop, &mut tasks);
+    }
     let shard = Shard {
         name: config.name.clone(),
         partitions: config.partitions,
@@ -128,6 +135,29 @@ fn start_resolver(
     Ok(())
 }
 
+/// SQLite: checkpoints the WAL every `CHECKPOINT_INTERVAL` until `stop`,
+/// which keeps the WAL (and the reads that scan it) small; see
+/// `Store::checkpoint`. A failed checkpoint is retried at the next tick:
+/// meanwhile the WAL only grows, nothing is lost.
+fn start_checkpointer(store: &Store, stop: &CancellationToken, tasks: &mut CriticalTasks) {
+    let store = store.clone();
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        let mut ticks = tokio::time::interval(CHECKPOINT_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                _ = ticks.tick() => {}
+            }
+            match store.checkpoint().await {
+                Ok((frames, copied)) => debug!(frames, copied, "WAL checkpoint"),
+                Err(err) => warn!(error = %err, "WAL checkpoint failed; retrying at the next tick"),
+            }
+        }
+    });
+}
+
 /// The gRPC server future: serves until `stop` is cancelled.
 async fn serve(
     service: ParticipantService,
@@ -147,8 +177,7 @@ async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(participant);
-    Ok(router
-        .serve_with_incoming_shutdown(incoming(listener), stop.cancelled_owned()))
+    Ok(router.serve_with_incoming_shutdown(incoming(listener), stop.cancelled_owned()))
 }
 
 /// Waits for the shutdown signal, the server's end, or a critical task's.

@@ -1,15 +1,16 @@
 //! Applying one operation inside the batch's local transaction: read the
 //! txid's record, ask the protocol table (protocol.rs) what to do, do it.
+//! Reads and writes go through the batch's view of the shard (`Batch`),
+//! which sends them to the database a batch at a time.
 //!
 //! A fresh PREPARE/BOOK_LOCAL checks every leg before it changes anything:
 //! it either claims all its seats and records the txid, or claims none and
 //! records the txid aborted with the refusal (so a repeat gets the same NO).
 
 use booking_proto::v1::AbortReason;
-use sqlx::AnyConnection;
 
-use super::{flights, seats, txns, OpResult};
-use crate::config::Backend;
+use super::batch::Batch;
+use super::{flights, seats, OpResult};
 use crate::error::{Refused, StoreError};
 use crate::model::{FlightMap, LegSeats, Refusal, SeatLabel, TxnId, TxnKind, TxnRecord, TxnState};
 use crate::op::{Inventory, Op, Reply, Vote};
@@ -19,7 +20,6 @@ use crate::request::{Booking, LegRequest, SeatChoice};
 /// What every operation of one batch shares.
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx<'a> {
-    pub backend: Backend,
     pub shard: &'a str,
     /// The batch's clock: `updated_at` of every row it writes.
     pub now_ms: i64,
@@ -28,7 +28,7 @@ pub struct Ctx<'a> {
 /// Applies one operation: its result, and how it moved the count of
 /// prepared txids (-1, 0 or +1). `Err` fails the whole batch.
 pub async fn apply_op(
-    conn: &mut AnyConnection,
+    conn: &mut Batch<'_>,
     ctx: &Ctx<'_>,
     op: &Op,
 ) -> Result<(OpResult, i64), StoreError> {
@@ -55,13 +55,13 @@ pub async fn apply_op(
 }
 
 async fn txn_op(
-    conn: &mut AnyConnection,
+    conn: &mut Batch<'_>,
     ctx: &Ctx<'_>,
     txid: &TxnId,
     booking: Option<&Booking>,
     decide: impl FnOnce(Option<&TxnRecord>) -> Action,
 ) -> Result<(OpResult, i64), StoreError> {
-    let record = txns::find(conn, txid).await?;
+    let record = conn.txn(txid).await?;
     match decide(record.as_ref()) {
         Action::Reserve(kind) => {
             let booking =
@@ -73,16 +73,12 @@ async fn txn_op(
         Action::Answer(reply) => Ok((Ok(reply), 0)),
         Action::Transition(transition) => {
             let record = record.expect("the protocol table moves only a txid it has a record of");
-            let result = apply_transition(conn, ctx, &record, transition).await?;
+            let result = apply_transition(conn, &record, transition).await?;
             let decided = transition.txn_from == TxnState::Prepared;
             Ok((result, -i64::from(decided)))
         }
         Action::Fence(kind, reply) => {
-            txns::insert(
-                conn,
-                &TxnRecord::fence(txid.clone(), kind, None, ctx.now_ms),
-            )
-            .await?;
+            conn.insert_txn(TxnRecord::fence(txid.clone(), kind, None, ctx.now_ms))?;
             Ok((Ok(reply), 0))
         }
         Action::Violation(violation) => Ok((Err(Refused::Protocol(violation)), 0)),
@@ -91,7 +87,7 @@ async fn txn_op(
 
 /// A fresh PREPARE (hold) or BOOK_LOCAL (book): all seats or none.
 async fn reserve(
-    conn: &mut AnyConnection,
+    conn: &mut Batch<'_>,
     ctx: &Ctx<'_>,
     kind: TxnKind,
     booking: &Booking,
@@ -105,7 +101,7 @@ async fn reserve(
                 Some(refusal.clone()),
                 ctx.now_ms,
             );
-            txns::insert(conn, &fence).await?;
+            conn.insert_txn(fence)?;
             return Ok(Ok(Reply::Vote(Vote::No(refusal))));
         }
     };
@@ -114,7 +110,7 @@ async fn reserve(
         TxnKind::Local => (SeatState::Booked, TxnState::Committed),
     };
     for (request, planned) in booking.legs.iter().zip(&legs) {
-        claim_leg(conn, &booking.txid, request, planned, seat_state).await?;
+        claim_leg(conn, &booking.txid, request, planned, seat_state);
     }
     let record = TxnRecord {
         txid: booking.txid.clone(),
@@ -125,27 +121,27 @@ async fn reserve(
         refusal: None,
         updated_at_ms: ctx.now_ms,
     };
-    txns::insert(conn, &record).await?;
-    Ok(Ok(Reply::Vote(Vote::Yes(record.legs))))
+    let legs = record.legs.clone();
+    conn.insert_txn(record)?;
+    Ok(Ok(Reply::Vote(Vote::Yes(legs))))
 }
 
-async fn claim_leg(
-    conn: &mut AnyConnection,
+fn claim_leg(
+    conn: &mut Batch<'_>,
     txid: &TxnId,
     request: &LegRequest,
     planned: &LegSeats,
     to: SeatState,
-) -> Result<(), StoreError> {
+) {
     for (i, seat_no) in planned.seats.iter().enumerate() {
         let passenger = request.passengers.get(i).map(String::as_str);
-        seats::claim(conn, &planned.flight_id, seat_no, to, txid, passenger).await?;
+        conn.claim(&planned.flight_id, seat_no, to, txid, passenger);
     }
-    Ok(())
 }
 
 /// The seats of every leg, or the first leg's refusal. Writes nothing.
 async fn plan(
-    conn: &mut AnyConnection,
+    conn: &mut Batch<'_>,
     ctx: &Ctx<'_>,
     booking: &Booking,
 ) -> Result<Result<Vec<LegSeats>, Refusal>, StoreError> {
@@ -164,7 +160,7 @@ async fn plan(
 }
 
 async fn plan_leg(
-    conn: &mut AnyConnection,
+    conn: &mut Batch<'_>,
     ctx: &Ctx<'_>,
     leg: &LegRequest,
 ) -> Result<Result<Vec<String>, Refusal>, StoreError> {
@@ -174,7 +170,7 @@ async fn plan_leg(
         flight_id: leg.flight_id.clone(),
         message,
     };
-    let Some(map) = flights::find(conn, &leg.flight_id).await? else {
+    let Some(map) = conn.flight(&leg.flight_id).await? else {
         let message = format!(
             "flight {} does not exist on shard {}",
             leg.flight_id, ctx.shard
@@ -183,7 +179,7 @@ async fn plan_leg(
     };
     match &leg.seats {
         SeatChoice::Count(count) => {
-            let free = seats::lowest_free(conn, ctx.backend, &map.flight_id, *count).await?;
+            let free = conn.lowest_free(&map.flight_id, *count).await?;
             if free.len() < *count {
                 let message = format!(
                     "flight {} has {} free seats, leg asks for {count}",
@@ -194,7 +190,7 @@ async fn plan_leg(
             }
             Ok(Ok(free))
         }
-        SeatChoice::Named(labels) => pick_named(conn, ctx, &map, labels)
+        SeatChoice::Named(labels) => pick_named(conn, &map, labels)
             .await
             .map(|r| r.map_err(|m| refuse(AbortReason::SeatTaken, m))),
     }
@@ -202,8 +198,7 @@ async fn plan_leg(
 
 /// The named seats if every one exists and is free, else why not.
 async fn pick_named(
-    conn: &mut AnyConnection,
-    ctx: &Ctx<'_>,
+    conn: &mut Batch<'_>,
     map: &FlightMap,
     labels: &[SeatLabel],
 ) -> Result<Result<Vec<String>, String>, StoreError> {
@@ -218,7 +213,7 @@ async fn pick_named(
         )));
     }
     let wanted: Vec<String> = labels.iter().map(SeatLabel::to_string).collect();
-    let states = seats::states(conn, ctx.backend, &map.flight_id, &wanted).await?;
+    let states = conn.seat_states(&map.flight_id, &wanted).await?;
     for seat_no in &wanted {
         match states.get(seat_no).map(String::as_str) {
             Some("free") => {}
@@ -242,29 +237,21 @@ async fn pick_named(
 
 /// COMMIT, ABORT or COMPENSATE of a known txid: its seats, then its row.
 async fn apply_transition(
-    conn: &mut AnyConnection,
-    ctx: &Ctx<'_>,
+    conn: &mut Batch<'_>,
     record: &TxnRecord,
     transition: Transition,
 ) -> Result<OpResult, StoreError> {
-    seats::move_all(conn, &record.txid, transition, record.seat_count()).await?;
-    txns::set_state(
-        conn,
-        &record.txid,
-        transition.txn_from,
-        transition.txn_to,
-        ctx.now_ms,
-    )
-    .await?;
+    conn.move_seats(record, transition).await?;
+    conn.set_txn_state(&record.txid, transition.txn_from, transition.txn_to)?;
     Ok(Ok(Reply::Ack(transition.txn_to)))
 }
 
 /// CREATE_FLIGHT: the flight and all its seats, free; idempotent for the
 /// same seat map.
-async fn create_flight(conn: &mut AnyConnection, map: &FlightMap) -> Result<OpResult, StoreError> {
-    match flights::find(conn, &map.flight_id).await? {
+async fn create_flight(conn: &mut Batch<'_>, map: &FlightMap) -> Result<OpResult, StoreError> {
+    match conn.flight(&map.flight_id).await? {
         Some(existing) if existing == *map => Ok(Ok(Reply::Flight(
-            flights::inventory(conn, &existing, false).await?,
+            flights::inventory(conn.conn().await?, &existing, false).await?,
         ))),
         Some(existing) => Ok(Err(Refused::FlightExists {
             flight_id: map.flight_id.clone(),
@@ -272,8 +259,10 @@ async fn create_flight(conn: &mut AnyConnection, map: &FlightMap) -> Result<OpRe
             asked: map.describe(),
         })),
         None => {
-            flights::insert(conn, map).await?;
-            seats::insert_map(conn, map).await?;
+            let db = conn.conn().await?;
+            flights::insert(db, map).await?;
+            seats::insert_map(db, map).await?;
+            conn.created_flight(map);
             let inventory = Inventory {
                 map: map.clone(),
                 free: map.capacity(),

@@ -1,8 +1,16 @@
-//! Connecting: the database URL, the pool, the per-connection durability
+//! Connecting: the database URL, the pools, the per-connection durability
 //! settings and the migrations. The backend differences of connecting live
 //! here: SQLite gets WAL (set once, it is persistent in the file),
 //! `synchronous=FULL` and a busy timeout on every connection; PostgreSQL gets
 //! `synchronous_commit=on` on every connection.
+//!
+//! The writer lanes have a pool of their own, one connection per lane, and
+//! the reads (admin calls, in-doubt sweep) another. SQLite drops a
+//! connection's whole page cache when another connection has committed
+//! since its last transaction; from one shared pool (which hands out idle
+//! connections first in, first out) the SQLite writer lane got a different
+//! connection for nearly every batch and started each one cold. With its
+//! own connection the lane keeps its cache and never waits behind a read.
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,9 +32,22 @@ const READ_CONNECTIONS: u32 = 4;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long SQLite waits on a locked database before SQLITE_BUSY.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
+/// Most page cache per SQLite connection, in KiB (SQLite's default is
+/// 2 MiB, less than the seat rows and indexes of a shard of a few
+/// thousand flights); memory is taken only as pages are read.
+const SQLITE_CACHE_KIB: u32 = 64 * 1024;
 
-/// Opens the pool; for SQLite, creates the file and turns on WAL first.
-pub async fn pool(config: &Config) -> Result<AnyPool, StoreError> {
+/// The shard database's connections.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    /// The writer lanes': one connection each.
+    pub write: AnyPool,
+    /// Everything else's.
+    pub read: AnyPool,
+}
+
+/// Opens the pools; for SQLite, creates the file and turns on WAL first.
+pub async fn pools(config: &Config) -> Result<Pools, StoreError> {
     sqlx::any::install_default_drivers();
     let url = match config.backend {
         Backend::Sqlite => sqlite_url(&config.database_url)?,
@@ -34,13 +55,22 @@ pub async fn pool(config: &Config) -> Result<AnyPool, StoreError> {
     };
     first_connection(&url, config.backend).await?;
     let backend = config.backend;
-    let pool = AnyPoolOptions::new()
-        .max_connections(config.writers as u32 + READ_CONNECTIONS)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .after_connect(move |conn, _meta| Box::pin(async move { configure(conn, backend).await }))
+    let options = |connections: u32| {
+        AnyPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move { configure(conn, backend).await })
+            })
+    };
+    // A SQLite connection is a file handle in this process: nothing to
+    // test before each batch. A PostgreSQL one may have died with its server.
+    let write = options(config.writers as u32)
+        .test_before_acquire(backend == Backend::Postgres)
         .connect(&url)
         .await?;
-    Ok(pool)
+    let read = options(READ_CONNECTIONS).connect(&url).await?;
+    Ok(Pools { write, read })
 }
 
 /// Runs the migrations that have not run yet.
@@ -55,6 +85,13 @@ async fn configure(conn: &mut AnyConnection, backend: Backend) -> Result<(), sql
         Backend::Sqlite => vec![
             "PRAGMA synchronous = FULL".into(),
             format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"),
+            format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}"),
+            "PRAGMA temp_store = MEMORY".into(),
+            // The writer lane never checkpoints (it would pay for copying
+            // the WAL into the database file inside a batch); the
+            // participant's checkpointer task does, from a read connection
+            // (`Store::checkpoint`).
+            "PRAGMA wal_autocheckpoint = 0".into(),
         ],
         Backend::Postgres => vec!["SET synchronous_commit = on".into()],
     };

@@ -1,30 +1,104 @@
 //! The `flights` table: seat maps, and a flight's inventory (seat counts per
 //! state, checked against its capacity after reading).
 
+use std::collections::HashMap;
+
 use sqlx::AnyConnection;
 use sqlx::Row;
 
-use super::{expect_rows, seats};
+use super::{expect_rows, json_list, json_text, seats};
+use crate::config::Backend;
 use crate::error::StoreError;
 use crate::model::FlightMap;
 use crate::op::Inventory;
+
+/// A `flights` row as read, before its checks (`decode`).
+#[derive(Debug, Clone)]
+pub struct FlightRow {
+    pub seat_rows: i64,
+    pub letters: String,
+    pub capacity: i64,
+}
+
+impl FlightRow {
+    /// The row `insert` writes for `map`.
+    pub fn of(map: &FlightMap) -> FlightRow {
+        FlightRow {
+            seat_rows: i64::from(map.rows),
+            letters: map.letters.clone(),
+            capacity: i64::from(map.capacity()),
+        }
+    }
+}
 
 /// The seat map of `flight_id`, if the flight exists.
 pub async fn find(
     conn: &mut AnyConnection,
     flight_id: &str,
 ) -> Result<Option<FlightMap>, StoreError> {
+    find_row(conn, flight_id)
+        .await?
+        .map(|row| decode(flight_id, &row))
+        .transpose()
+}
+
+/// The row of `flight_id`, if the flight exists; unchecked.
+pub async fn find_row(
+    conn: &mut AnyConnection,
+    flight_id: &str,
+) -> Result<Option<FlightRow>, StoreError> {
     let row = sqlx::query("SELECT seat_rows, letters, capacity FROM flights WHERE flight_id = $1")
         .bind(flight_id)
         .fetch_optional(&mut *conn)
         .await?;
-    let Some(row) = row else { return Ok(None) };
-    let rows: i64 = row.try_get("seat_rows")?;
-    let capacity: i64 = row.try_get("capacity")?;
+    row.map(|row| {
+        Ok(FlightRow {
+            seat_rows: row.try_get("seat_rows")?,
+            letters: row.try_get("letters")?,
+            capacity: row.try_get("capacity")?,
+        })
+    })
+    .transpose()
+}
+
+/// The rows of those of `flight_ids` that exist, in one statement;
+/// unchecked (`decode` checks one when it is used).
+pub async fn find_rows(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    flight_ids: &[&str],
+) -> Result<HashMap<String, FlightRow>, StoreError> {
+    let sql = format!(
+        "SELECT flight_id, seat_rows, letters, capacity FROM flights WHERE flight_id IN ({})",
+        json_list(backend, 1)
+    );
+    let rows = sqlx::query(&sql)
+        .bind(json_text(flight_ids))
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let flight = FlightRow {
+                seat_rows: row.try_get("seat_rows")?,
+                letters: row.try_get("letters")?,
+                capacity: row.try_get("capacity")?,
+            };
+            Ok((row.try_get("flight_id")?, flight))
+        })
+        .collect()
+}
+
+/// The seat map a row holds, checked.
+pub fn decode(flight_id: &str, row: &FlightRow) -> Result<FlightMap, StoreError> {
+    let FlightRow {
+        seat_rows: rows,
+        capacity,
+        ..
+    } = *row;
     let map = FlightMap {
         flight_id: flight_id.to_string(),
         rows: u32::try_from(rows).map_err(|_| corrupt(flight_id, format!("seat_rows {rows}")))?,
-        letters: row.try_get("letters")?,
+        letters: row.letters.clone(),
     };
     if map.letters.is_empty() || i64::from(map.capacity()) != capacity {
         return Err(corrupt(
@@ -32,7 +106,7 @@ pub async fn find(
             format!("capacity {capacity} does not match {}", map.describe()),
         ));
     }
-    Ok(Some(map))
+    Ok(map)
 }
 
 /// Inserts the flight row (its seats are inserted by `seats::insert_map`).
@@ -78,7 +152,7 @@ pub async fn inventory(
     })
 }
 
-fn corrupt(flight_id: &str, problem: String) -> StoreError {
+pub fn corrupt(flight_id: &str, problem: String) -> StoreError {
     StoreError::CorruptRow {
         table: "flights",
         key: flight_id.to_string(),

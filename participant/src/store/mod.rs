@@ -7,7 +7,9 @@
 //!
 //! Durability order of a batch:
 //! 1. BEGIN (IMMEDIATE on SQLite: take the write lock up front);
-//! 2. apply each operation: check every leg, then write (seats, then txns);
+//! 2. apply each operation in order: check every leg, then write (seats,
+//!    then txns) — into the batch's view (`batch.rs`), which reads ahead
+//!    and sends the writes as multi-row statements, all before the commit;
 //! 3. local COMMIT (SQLite WAL with synchronous=FULL, or PostgreSQL with
 //!    synchronous_commit=on: on disk when it returns);
 //! 4. only then the caller (writer.rs) answers each operation.
@@ -19,15 +21,21 @@
 //! the local commit, so the gauge never counts a rolled-back hold.
 
 mod apply;
+mod batch;
 mod connect;
 mod flights;
+mod readahead;
+mod script;
 mod seats;
 mod txns;
 
+use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
 use sqlx::any::AnyQueryResult;
-use sqlx::{AnyPool, Connection};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
 
 use crate::config::{Backend, Config};
 use crate::error::{Refused, StoreError};
@@ -64,20 +72,41 @@ pub struct TxnRow {
 /// The shard database of one participant.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// The writer lanes' connections (`apply_batch`).
+    write: AnyPool,
+    /// SQLite: the writer lanes' connections between batches, out of the
+    /// pool (see `take_writer`).
+    writers: Arc<HeldConnections>,
+    /// The reads' connections.
     pool: AnyPool,
     backend: Backend,
     /// The shard's name, reported in messages.
     shard: String,
 }
 
+/// Connections a store holds on to between batches.
+#[derive(Default)]
+struct HeldConnections(Mutex<Vec<AnyConnection>>);
+
+impl fmt::Debug for HeldConnections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let held = self.0.lock().map_or(0, |held| held.len());
+        f.debug_struct("HeldConnections")
+            .field("held", &held)
+            .finish()
+    }
+}
+
 impl Store {
     /// Connects (creating a SQLite file if missing), sets the durability
     /// settings of every connection and runs the migrations.
     pub async fn open(config: &Config) -> Result<Store, StoreError> {
-        let pool = connect::pool(config).await?;
-        connect::migrate(&pool).await?;
+        let pools = connect::pools(config).await?;
+        connect::migrate(&pools.write).await?;
         Ok(Store {
-            pool,
+            write: pools.write,
+            writers: Arc::default(),
+            pool: pools.read,
             backend: config.backend,
             shard: config.name.clone(),
         })
@@ -87,7 +116,7 @@ impl Store {
         self.backend
     }
 
-    /// The pool, for tests that read the tables directly.
+    /// The readers' pool, for tests that read the tables directly.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -96,23 +125,69 @@ impl Store {
     /// docs for the durability order. A refused op writes nothing and does
     /// not disturb the others; a database error fails the whole batch.
     pub async fn apply_batch(&self, ops: &[Op]) -> Result<Applied, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = self.take_writer().await?;
+                let applied = self.apply_on(&mut conn, ops).await;
+                // After an error the connection is dropped (closed, which
+                // rolls back anything left open), not kept.
+                if applied.is_ok() {
+                    self.give_back_writer(conn);
+                }
+                applied
+            }
+            Backend::Postgres => {
+                let mut conn = self.write.acquire().await?;
+                self.apply_on(&mut conn, ops).await
+            }
+        }
+    }
+
+    /// A SQLite writer connection: a held one, else a new one detached from
+    /// the pool. sqlx pings a connection each time it goes back into its
+    /// pool, a round trip to the connection's worker thread before the
+    /// lane's next batch can start; a held connection skips that (a SQLite
+    /// connection is a file in this process: there is nothing to test) and
+    /// keeps its page cache.
+    async fn take_writer(&self) -> Result<AnyConnection, StoreError> {
+        let held = self
+            .writers
+            .0
+            .lock()
+            .expect("no code panics while holding this lock")
+            .pop();
+        match held {
+            Some(conn) => Ok(conn),
+            None => Ok(self.write.acquire().await?.detach()),
+        }
+    }
+
+    fn give_back_writer(&self, conn: AnyConnection) {
+        self.writers
+            .0
+            .lock()
+            .expect("no code panics while holding this lock")
+            .push(conn);
+    }
+
+    async fn apply_on(&self, conn: &mut AnyConnection, ops: &[Op]) -> Result<Applied, StoreError> {
         let mut tx = match self.backend {
             Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => conn.begin().await?,
         };
         let ctx = Ctx {
-            backend: self.backend,
             shard: &self.shard,
             now_ms: now_ms(),
         };
+        let mut batch = batch::Batch::open(&mut tx, self.backend, ctx.now_ms, ops).await?;
         let mut results = Vec::with_capacity(ops.len());
         let mut prepared_change = 0;
         for op in ops {
-            let (result, change) = apply::apply_op(&mut tx, &ctx, op).await?;
+            let (result, change) = apply::apply_op(&mut batch, &ctx, op).await?;
             results.push(result);
             prepared_change += change;
         }
+        batch.finish().await?;
         if ops.iter().any(|op| matches!(op, Op::Compensate(_))) {
             crate::failpoints::crash_point("participant::before_compensation_commit");
         }
@@ -170,8 +245,40 @@ impl Store {
         txns::in_doubt(&mut conn, before_ms, limit).await
     }
 
+    /// SQLite: copies the committed WAL frames into the database file
+    /// (`PRAGMA wal_checkpoint(PASSIVE)`: it never waits for, or blocks, the
+    /// writer lane), so the next batch starts the WAL over from its
+    /// beginning; the writer connections do not checkpoint by themselves
+    /// (`connect.rs`). Returns the frames in the WAL and how many of them
+    /// are now in the database file. PostgreSQL: nothing to do, `(0, 0)`.
+    pub async fn checkpoint(&self) -> Result<(i64, i64), StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok((0, 0));
+        }
+        let mut conn = self.pool.acquire().await?;
+        let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut *conn)
+            .await?;
+        // Columns: busy (always 0 for PASSIVE), WAL frames, frames checkpointed.
+        let frames: i64 = row.try_get(1)?;
+        let copied: i64 = row.try_get(2)?;
+        Ok((frames, copied))
+    }
+
     /// Waits for every connection to close.
     pub async fn close(&self) {
+        let held = std::mem::take(
+            &mut *self
+                .writers
+                .0
+                .lock()
+                .expect("no code panics while holding this lock"),
+        );
+        for conn in held {
+            // Closing only fails if the connection already broke: it is gone either way.
+            let _ = conn.close().await;
+        }
+        self.write.close().await;
         self.pool.close().await;
     }
 }
@@ -182,6 +289,21 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// SQL for the rows of the JSON array of strings bound as `$param`: the
+/// batch statements take a list as one JSON text, so each has one SQL text
+/// (one cached prepared statement) whatever the batch's size.
+fn json_list(backend: Backend, param: u32) -> String {
+    match backend {
+        Backend::Sqlite => format!("SELECT value FROM json_each(${param})"),
+        Backend::Postgres => format!("SELECT json_array_elements_text(${param}::json)"),
+    }
+}
+
+/// The JSON text of a list, to bind for `json_list` or a multi-row write.
+fn json_text<T: Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).expect("lists of strings, numbers and options always serialise")
 }
 
 /// Fails unless a statement changed exactly `expected` rows.

@@ -2,6 +2,11 @@
 //! txid's seats between states. Every update names the state it expects in
 //! its WHERE clause and asserts the number of rows it changed.
 //!
+//! A batch's claims and moves go as multi-row statements in its write
+//! script (`script.rs`); each function here that adds one has a `check_`
+//! twin that reads its outcome and fails with the error one statement per
+//! seat or per txid would have given.
+//!
 //! The one backend difference: on PostgreSQL the picks lock the rows they
 //! return (`FOR UPDATE SKIP LOCKED` for any-seat picks, so concurrent
 //! writers take different seats; `FOR UPDATE` for named seats). SQLite has a
@@ -9,10 +14,12 @@
 
 use std::collections::HashMap;
 
+use serde::Serialize;
 use sqlx::AnyConnection;
 use sqlx::Row;
 
-use super::expect_rows;
+use super::script::{Arg, Outcome, Script};
+use super::{expect_rows, json_list, json_text};
 use crate::config::Backend;
 use crate::error::StoreError;
 use crate::model::{FlightMap, TxnId};
@@ -73,62 +80,203 @@ pub async fn states(
         .collect()
 }
 
-/// Takes one free seat for `txid`: held or booked, with the passenger.
-pub async fn claim(
-    conn: &mut AnyConnection,
-    flight_id: &str,
-    seat_no: &str,
-    to: SeatState,
-    txid: &TxnId,
-    passenger: Option<&str>,
-) -> Result<(), StoreError> {
-    debug_assert!(
-        to != SeatState::Free,
-        "claiming a seat leaves it held or booked"
-    );
-    let result = sqlx::query(
-        "UPDATE seats SET state = $1, txid = $2, passenger = $3 \
-         WHERE flight_id = $4 AND seat_no = $5 AND state = 'free'",
-    )
-    .bind(to.as_str())
-    .bind(txid.as_str())
-    .bind(passenger.map(str::to_string))
-    .bind(flight_id)
-    .bind(seat_no)
-    .execute(&mut *conn)
-    .await?;
-    expect_rows(
-        result,
-        1,
-        "UPDATE seats claim",
-        &format!("{flight_id}/{seat_no}"),
-    )
+/// One seat a batch takes for a txid: held or booked, with the passenger.
+#[derive(Debug, Clone, Serialize)]
+pub struct Claim {
+    pub flight_id: String,
+    pub seat_no: String,
+    pub state: &'static str,
+    pub txid: String,
+    pub passenger: Option<String>,
 }
 
-/// Moves all `expected` seats of `txid` from `seats_from` to `seats_to`.
-pub async fn move_all(
-    conn: &mut AnyConnection,
-    txid: &TxnId,
-    transition: Transition,
-    expected: usize,
-) -> Result<(), StoreError> {
-    let query = if transition.seats_to == SeatState::Free {
-        sqlx::query("UPDATE seats SET state = 'free', txid = NULL, passenger = NULL WHERE txid = $1 AND state = $2")
-            .bind(txid.as_str())
-            .bind(transition.seats_from.as_str())
-    } else {
-        sqlx::query("UPDATE seats SET state = $2 WHERE txid = $1 AND state = $3")
-            .bind(txid.as_str())
-            .bind(transition.seats_to.as_str())
-            .bind(transition.seats_from.as_str())
+/// Adds the statement that takes every seat of `claims` (all free, none
+/// twice); `check_claims` checks its outcome.
+pub fn push_claims(script: &mut Script, backend: Backend, claims: &[Claim]) -> usize {
+    let claimed = match backend {
+        Backend::Sqlite => {
+            "(SELECT value ->> 'flight_id' AS flight_id, value ->> 'seat_no' AS seat_no, \
+             value ->> 'state' AS state, value ->> 'txid' AS txid, \
+             value ->> 'passenger' AS passenger FROM json_each($1)) AS c"
+        }
+        Backend::Postgres => {
+            "json_to_recordset($1::json) \
+             AS c(flight_id text, seat_no text, state text, txid text, passenger text)"
+        }
     };
-    let result = query.execute(&mut *conn).await?;
-    expect_rows(
-        result,
-        expected as u64,
-        "UPDATE seats of txid",
-        txid.as_str(),
-    )
+    let sql = format!(
+        "UPDATE seats SET state = c.state, txid = c.txid, passenger = c.passenger \
+         FROM {claimed} \
+         WHERE seats.flight_id = c.flight_id AND seats.seat_no = c.seat_no AND seats.state = 'free'"
+    );
+    script.push(sql, vec![Arg::Text(json_text(claims))])
+}
+
+/// Fails unless every seat of `claims` was taken, naming the first one
+/// that was not free (as one UPDATE per seat would have).
+pub async fn check_claims(
+    conn: &mut AnyConnection,
+    claims: &[Claim],
+    outcome: &Outcome,
+) -> Result<(), StoreError> {
+    if outcome.rows_affected == claims.len() as u64 {
+        return Ok(());
+    }
+    for claim in claims {
+        let row =
+            sqlx::query("SELECT state, txid FROM seats WHERE flight_id = $1 AND seat_no = $2")
+                .bind(claim.flight_id.as_str())
+                .bind(claim.seat_no.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+        let taken = match &row {
+            Some(row) => {
+                let state: String = row.try_get("state")?;
+                let txid: Option<String> = row.try_get("txid")?;
+                state == claim.state && txid.as_deref() == Some(claim.txid.as_str())
+            }
+            None => false,
+        };
+        if !taken {
+            return Err(StoreError::RowCount {
+                statement: "UPDATE seats claim",
+                key: format!("{}/{}", claim.flight_id, claim.seat_no),
+                expected: 1,
+                actual: 0,
+            });
+        }
+    }
+    Err(StoreError::RowCount {
+        statement: "UPDATE seats claim",
+        key: format!("{}/{}", claims[0].flight_id, claims[0].seat_no),
+        expected: claims.len() as u64,
+        actual: outcome.rows_affected,
+    })
+}
+
+/// One txid's seats to move: all `expected` of them, from
+/// `transition.seats_from` to `transition.seats_to`.
+#[derive(Debug, Clone)]
+pub struct Move {
+    pub txid: TxnId,
+    pub transition: Transition,
+    pub expected: usize,
+}
+
+/// Where the outcomes of `push_moves`' statements are.
+#[derive(Debug)]
+pub struct MoveStatements {
+    /// The seat count per txid and state before the moves.
+    counts: usize,
+    /// One UPDATE per kind of transition.
+    updates: Vec<(Transition, usize)>,
+}
+
+/// Adds the statements that move the seats of every txid of `moves` (each
+/// txid once): a count of their seats per state, then one UPDATE per kind
+/// of transition; `check_moves` checks their outcomes.
+pub fn push_moves(script: &mut Script, backend: Backend, moves: &[Move]) -> MoveStatements {
+    let txids = |filter: &dyn Fn(&Move) -> bool| {
+        let txids: Vec<&str> = moves
+            .iter()
+            .filter(|m| filter(m))
+            .map(|m| m.txid.as_str())
+            .collect();
+        Arg::Text(json_text(&txids))
+    };
+    let list = json_list(backend, 1);
+    // Released rows lose their txid, so they are counted before they move.
+    let counted = format!(
+        "SELECT txid, state, COUNT(*) AS n FROM seats WHERE txid IN ({list}) GROUP BY txid, state"
+    );
+    let sql = match backend {
+        Backend::Sqlite => {
+            format!(
+                "SELECT json_group_array(json_array(txid, state, n)) AS counts FROM ({counted})"
+            )
+        }
+        Backend::Postgres => format!(
+            "SELECT COALESCE(json_agg(json_build_array(txid, state, n)), '[]')::text AS counts \
+             FROM ({counted}) AS c"
+        ),
+    };
+    let counts = script.push(sql, vec![txids(&|_| true)]);
+    let mut transitions: Vec<Transition> = Vec::new();
+    for m in moves {
+        if !transitions.contains(&m.transition) {
+            transitions.push(m.transition);
+        }
+    }
+    let updates = transitions
+        .into_iter()
+        .map(|transition| {
+            let set = match transition.seats_to {
+                SeatState::Free => "state = 'free', txid = NULL, passenger = NULL".to_string(),
+                to => format!("state = '{}'", to.as_str()),
+            };
+            let sql = format!("UPDATE seats SET {set} WHERE txid IN ({list}) AND state = $2");
+            let args = vec![
+                txids(&|m| m.transition == transition),
+                Arg::Text(transition.seats_from.as_str().to_string()),
+            ];
+            (transition, script.push(sql, args))
+        })
+        .collect();
+    MoveStatements { counts, updates }
+}
+
+/// Fails unless every txid of `moves` had exactly its expected seats in
+/// the state it moved them from (naming the first that did not, in the
+/// order of `moves`, as one UPDATE per txid would have), and every UPDATE
+/// moved them all.
+pub fn check_moves(
+    moves: &[Move],
+    statements: &MoveStatements,
+    outcomes: &[Outcome],
+) -> Result<(), StoreError> {
+    let counts = &outcomes[statements.counts];
+    let text: String = match counts.rows.first() {
+        Some(row) => row.try_get("counts")?,
+        None => "[]".to_string(),
+    };
+    let counted: Vec<(String, String, i64)> =
+        serde_json::from_str(&text).map_err(|e| StoreError::CorruptRow {
+            table: "seats",
+            key: "seat counts per txid".into(),
+            problem: format!("{e} in {text}"),
+        })?;
+    let count = |txid: &str, state: SeatState| {
+        counted
+            .iter()
+            .find(|(t, s, _)| t == txid && s == state.as_str())
+            .map_or(0, |(_, _, n)| *n as u64)
+    };
+    for m in moves {
+        let actual = count(m.txid.as_str(), m.transition.seats_from);
+        if actual != m.expected as u64 {
+            return Err(StoreError::RowCount {
+                statement: "UPDATE seats of txid",
+                key: m.txid.to_string(),
+                expected: m.expected as u64,
+                actual,
+            });
+        }
+    }
+    for (transition, index) in &statements.updates {
+        let group = moves.iter().filter(|m| m.transition == *transition);
+        let expected: usize = group.clone().map(|m| m.expected).sum();
+        let first = group.map(|m| m.txid.as_str()).next().unwrap_or_default();
+        let result = &outcomes[*index];
+        if result.rows_affected != expected as u64 {
+            return Err(StoreError::RowCount {
+                statement: "UPDATE seats of txid",
+                key: first.to_string(),
+                expected: expected as u64,
+                actual: result.rows_affected,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Inserts every seat of a new flight, free.

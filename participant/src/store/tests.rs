@@ -242,3 +242,122 @@ async fn prepared_change_counts_fresh_holds_and_decisions() {
     assert_eq!(row.state, TxnState::Prepared);
     assert!(store.txn_row(&txid(4)).await.expect("read").is_none());
 }
+
+/// The writer connections never checkpoint; `Store::checkpoint` does, and
+/// with it the WAL is reused from its start instead of growing with every
+/// batch (the participant's checkpointer task calls it every 200 ms).
+#[tokio::test]
+async fn checkpoints_keep_the_wal_from_growing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(&dir).await;
+    let wal = dir.path().join("s0.db-wal");
+    let flights: Vec<Op> = (0..20)
+        .map(|f| flight(&format!("W-{f:02}"), 30, "ABCDEF"))
+        .collect();
+    store.apply_batch(&flights).await.expect("flights");
+    let mut n = 0;
+    // Without checkpoints the WAL only grows.
+    prepare_rounds(&store, &mut n, 40).await;
+    let grown = std::fs::metadata(&wal).expect("WAL file").len();
+    prepare_rounds(&store, &mut n, 40).await;
+    let grown_more = std::fs::metadata(&wal).expect("WAL file").len();
+    assert!(
+        grown_more > grown,
+        "no checkpoint: {grown} then {grown_more} bytes"
+    );
+    // A checkpoint copies every frame; the next batches reuse the WAL's start.
+    let (frames, copied) = store.checkpoint().await.expect("checkpoint");
+    assert!(
+        frames > 0 && copied == frames,
+        "{copied} of {frames} frames copied"
+    );
+    for _ in 0..4 {
+        prepare_rounds(&store, &mut n, 20).await;
+        let (frames, copied) = store.checkpoint().await.expect("checkpoint");
+        assert_eq!(
+            copied, frames,
+            "a passive checkpoint with no reader copies all"
+        );
+    }
+    let after = std::fs::metadata(&wal).expect("WAL file").len();
+    assert!(
+        after <= grown_more,
+        "the WAL is reused, not extended: {grown_more} then {after} bytes"
+    );
+}
+
+/// `rounds` batches of 8 fresh PREPAREs over flights W-00..W-19.
+async fn prepare_rounds(store: &Store, n: &mut u32, rounds: u32) {
+    for _ in 0..rounds {
+        let ops: Vec<Op> = (0..8)
+            .map(|i| {
+                *n += 1;
+                Op::Prepare(booking(
+                    *n,
+                    &format!("W-{:02}", i % 20),
+                    SeatChoice::Count(1),
+                ))
+            })
+            .collect();
+        let applied = store.apply_batch(&ops).await.expect("prepares");
+        assert_eq!(applied.prepared_change, 8, "every PREPARE holds a seat");
+    }
+}
+
+/// The writer lane's cost per operation, for tuning the store: rounds of
+/// one batch of 16 PREPAREs (1 leg, 1 seat, 1 passenger: the shape of
+/// `bookctl bench`) then one batch of their 16 COMMITs, through
+/// `apply_batch` as a lane runs it, on a temp SQLite file of 300 flights.
+/// `cargo test --release -p participant --lib store::tests::batch_throughput -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "a measurement, not a test"]
+async fn batch_throughput() {
+    use std::time::{Duration, Instant};
+    const FLIGHTS: u32 = 300;
+    const BATCH: u32 = 16;
+    const ROUNDS: u32 = 600;
+    // BENCH_DIR=/dev/shm leaves fsync out: the SQL alone.
+    let dir = match std::env::var_os("BENCH_DIR") {
+        Some(parent) => tempfile::tempdir_in(parent),
+        None => tempfile::tempdir(),
+    }
+    .expect("temp dir");
+    let store = open(&dir).await;
+    let flights: Vec<Op> = (0..FLIGHTS)
+        .map(|f| flight(&format!("U-{f:04}"), 30, "ABCDEF"))
+        .collect();
+    for chunk in flights.chunks(16) {
+        store.apply_batch(chunk).await.expect("flights");
+    }
+    let prepare = |n: u32| {
+        let flight_id = format!("U-{:04}", (n * 7919) % FLIGHTS);
+        let mut booking = booking(n, &flight_id, SeatChoice::Count(1));
+        booking.legs[0].passengers = vec![format!("P{n}")];
+        booking.itinerary_legs = 2;
+        Op::Prepare(booking)
+    };
+    let (mut prepare_time, mut commit_time) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..ROUNDS {
+        let first = round * BATCH + 1;
+        let ops: Vec<Op> = (first..first + BATCH).map(prepare).collect();
+        let started = Instant::now();
+        let applied = store.apply_batch(&ops).await.expect("prepares");
+        prepare_time += started.elapsed();
+        assert_eq!(applied.prepared_change, i64::from(BATCH));
+        let ops: Vec<Op> = (first..first + BATCH)
+            .map(|n| Op::Commit(txid(n)))
+            .collect();
+        let started = Instant::now();
+        let applied = store.apply_batch(&ops).await.expect("commits");
+        commit_time += started.elapsed();
+        assert_eq!(applied.prepared_change, -i64::from(BATCH));
+    }
+    let ops = f64::from(ROUNDS * BATCH);
+    let per_op = |t: Duration| t.as_secs_f64() / ops * 1e6;
+    println!(
+        "batches of {BATCH}: PREPARE {:.0} us/op, COMMIT {:.0} us/op, overall {:.0} ops/s",
+        per_op(prepare_time),
+        per_op(commit_time),
+        2.0 * ops / (prepare_time + commit_time).as_secs_f64()
+    );
+}

@@ -1,11 +1,16 @@
 //! The `txns` table: one row per txid this shard has seen. Rows are checked
 //! before they are written and after they are read (`TxnRecord::validate`).
 
+use std::collections::HashMap;
+
+use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 use sqlx::Row;
 
-use super::{expect_rows, TxnRow};
+use super::script::{Arg, Outcome, Script};
+use super::{json_list, json_text, TxnRow};
+use crate::config::Backend;
 use crate::error::StoreError;
 use crate::model::{Refusal, TxnId, TxnKind, TxnRecord, TxnState};
 
@@ -20,44 +25,164 @@ pub async fn find(conn: &mut AnyConnection, txid: &TxnId) -> Result<Option<TxnRe
     row.map(|row| decode(txid, &row)).transpose()
 }
 
-/// Inserts a new record; the txid must be unknown.
-pub async fn insert(conn: &mut AnyConnection, record: &TxnRecord) -> Result<(), StoreError> {
-    record
-        .validate()
-        .map_err(|problem| corrupt(&record.txid, format!("refusing to write it: {problem}")))?;
-    let result = sqlx::query(
-        "INSERT INTO txns (txid, state, kind, itinerary_legs, legs, refusal, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(record.txid.as_str())
-    .bind(record.state.as_str())
-    .bind(record.kind.as_str())
-    .bind(i64::from(record.itinerary_legs))
-    .bind(record.legs_json())
-    .bind(record.refusal.as_ref().map(Refusal::to_json))
-    .bind(record.updated_at_ms)
-    .execute(&mut *conn)
-    .await?;
-    expect_rows(result, 1, "INSERT txns", record.txid.as_str())
+/// The records of those of `txids` the shard has seen, in one statement.
+/// A row that fails its checks is returned as its error, for the caller to
+/// raise when (and if) it uses the record.
+pub async fn find_each(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    txids: &[&TxnId],
+) -> Result<HashMap<String, Result<TxnRecord, StoreError>>, StoreError> {
+    let sql = format!(
+        "SELECT txid, state, kind, itinerary_legs, legs, refusal, updated_at FROM txns \
+         WHERE txid IN ({})",
+        json_list(backend, 1)
+    );
+    let texts: Vec<&str> = txids.iter().map(|txid| txid.as_str()).collect();
+    let rows = sqlx::query(&sql)
+        .bind(json_text(&texts))
+        .fetch_all(&mut *conn)
+        .await?;
+    let by_text: HashMap<&str, &TxnId> = txids.iter().map(|txid| (txid.as_str(), *txid)).collect();
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let text: String = row.try_get("txid")?;
+        let Some(txid) = by_text.get(text.as_str()) else {
+            return Err(StoreError::CorruptRow {
+                table: "txns",
+                key: text,
+                problem: "returned for a txid that was not asked for".into(),
+            });
+        };
+        found.insert(text, decode(txid, row));
+    }
+    Ok(found)
 }
 
-/// Moves the record from state `from` to `to`.
-pub async fn set_state(
-    conn: &mut AnyConnection,
-    txid: &TxnId,
+/// A `txns` row to insert, as the JSON the multi-row INSERT reads.
+#[derive(Serialize)]
+struct NewRow<'a> {
+    txid: &'a str,
+    state: &'static str,
+    kind: &'static str,
+    itinerary_legs: i64,
+    legs: String,
+    refusal: Option<String>,
+    updated_at: i64,
+}
+
+/// Adds the statement that inserts new records (txids unknown to the
+/// shard), each checked first; `check_insert` checks its outcome.
+pub fn push_insert(
+    script: &mut Script,
+    backend: Backend,
+    records: &[&TxnRecord],
+) -> Result<usize, StoreError> {
+    let mut rows = Vec::with_capacity(records.len());
+    for record in records {
+        record
+            .validate()
+            .map_err(|problem| corrupt(&record.txid, format!("refusing to write it: {problem}")))?;
+        rows.push(NewRow {
+            txid: record.txid.as_str(),
+            state: record.state.as_str(),
+            kind: record.kind.as_str(),
+            itinerary_legs: i64::from(record.itinerary_legs),
+            legs: record.legs_json(),
+            refusal: record.refusal.as_ref().map(Refusal::to_json),
+            updated_at: record.updated_at_ms,
+        });
+    }
+    let sql = match backend {
+        Backend::Sqlite => {
+            "INSERT INTO txns (txid, state, kind, itinerary_legs, legs, refusal, updated_at) \
+             SELECT value ->> 'txid', value ->> 'state', value ->> 'kind', \
+             value ->> 'itinerary_legs', value ->> 'legs', value ->> 'refusal', \
+             value ->> 'updated_at' FROM json_each($1)"
+        }
+        Backend::Postgres => {
+            "INSERT INTO txns (txid, state, kind, itinerary_legs, legs, refusal, updated_at) \
+             SELECT txid, state, kind, itinerary_legs, legs, refusal, updated_at \
+             FROM json_to_recordset($1::json) AS r(txid text, state text, kind text, \
+             itinerary_legs bigint, legs text, refusal text, updated_at bigint)"
+        }
+    };
+    Ok(script.push(sql, vec![Arg::Text(json_text(&rows))]))
+}
+
+/// Fails unless every record of `push_insert` was inserted.
+pub fn check_insert(records: &[&TxnRecord], outcome: &Outcome) -> Result<(), StoreError> {
+    if outcome.rows_affected == records.len() as u64 {
+        return Ok(());
+    }
+    Err(StoreError::RowCount {
+        statement: "INSERT txns",
+        key: records[0].txid.to_string(),
+        expected: records.len() as u64,
+        actual: outcome.rows_affected,
+    })
+}
+
+/// Adds the statement that moves every record of `txids` from state
+/// `from` to `to`; `check_set_states` checks its outcome.
+pub fn push_set_states(
+    script: &mut Script,
+    backend: Backend,
+    txids: &[&TxnId],
     from: TxnState,
     to: TxnState,
     now_ms: i64,
+) -> usize {
+    // `+state` keeps SQLite on the primary key rather than txns_by_state_age.
+    let state = match backend {
+        Backend::Sqlite => "+state",
+        Backend::Postgres => "state",
+    };
+    let sql = format!(
+        "UPDATE txns SET state = $1, updated_at = $2 WHERE txid IN ({}) AND {state} = $4",
+        json_list(backend, 3)
+    );
+    let texts: Vec<&str> = txids.iter().map(|txid| txid.as_str()).collect();
+    let args = vec![
+        Arg::Text(to.as_str().to_string()),
+        Arg::Int(now_ms),
+        Arg::Text(json_text(&texts)),
+        Arg::Text(from.as_str().to_string()),
+    ];
+    script.push(sql, args)
+}
+
+/// Fails unless every record of `push_set_states` moved, naming the first
+/// that did not (as one UPDATE per txid would have).
+pub async fn check_set_states(
+    conn: &mut AnyConnection,
+    txids: &[&TxnId],
+    to: TxnState,
+    outcome: &Outcome,
 ) -> Result<(), StoreError> {
-    let result =
-        sqlx::query("UPDATE txns SET state = $1, updated_at = $2 WHERE txid = $3 AND state = $4")
-            .bind(to.as_str())
-            .bind(now_ms)
+    if outcome.rows_affected == txids.len() as u64 {
+        return Ok(());
+    }
+    for txid in txids {
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM txns WHERE txid = $1")
             .bind(txid.as_str())
-            .bind(from.as_str())
-            .execute(&mut *conn)
+            .fetch_optional(&mut *conn)
             .await?;
-    expect_rows(result, 1, "UPDATE txns state", txid.as_str())
+        if state.as_deref() != Some(to.as_str()) {
+            return Err(StoreError::RowCount {
+                statement: "UPDATE txns state",
+                key: txid.to_string(),
+                expected: 1,
+                actual: 0,
+            });
+        }
+    }
+    Err(StoreError::RowCount {
+        statement: "UPDATE txns state",
+        key: txids[0].to_string(),
+        expected: txids.len() as u64,
+        actual: outcome.rows_affected,
+    })
 }
 
 /// Prepared txids last changed before `before_ms`, oldest first.
@@ -142,12 +267,38 @@ fn decode_row(row: &AnyRow) -> Result<TxnRow, StoreError> {
     })
 }
 
+/// A `txns` row's columns as read, before their checks.
+pub struct Columns {
+    pub state: String,
+    pub kind: String,
+    pub itinerary_legs: i64,
+    pub legs: String,
+    pub refusal: Option<String>,
+    pub updated_at: i64,
+}
+
 fn decode(txid: &TxnId, row: &AnyRow) -> Result<TxnRecord, StoreError> {
-    let state: String = row.try_get("state")?;
-    let kind: String = row.try_get("kind")?;
-    let itinerary_legs: i64 = row.try_get("itinerary_legs")?;
-    let legs: String = row.try_get("legs")?;
-    let refusal: Option<String> = row.try_get("refusal")?;
+    let columns = Columns {
+        state: row.try_get("state")?,
+        kind: row.try_get("kind")?,
+        itinerary_legs: row.try_get("itinerary_legs")?,
+        legs: row.try_get("legs")?,
+        refusal: row.try_get("refusal")?,
+        updated_at: row.try_get("updated_at")?,
+    };
+    check(txid, columns)
+}
+
+/// The record the columns hold, checked (`TxnRecord::validate`).
+pub fn check(txid: &TxnId, columns: Columns) -> Result<TxnRecord, StoreError> {
+    let Columns {
+        state,
+        kind,
+        itinerary_legs,
+        legs,
+        refusal,
+        updated_at,
+    } = columns;
     let record = TxnRecord {
         txid: txid.clone(),
         state: TxnState::parse(&state)
@@ -161,7 +312,7 @@ fn decode(txid: &TxnId, row: &AnyRow) -> Result<TxnRecord, StoreError> {
             .map(|text| Refusal::from_json(&text))
             .transpose()
             .map_err(|e| corrupt(txid, e))?,
-        updated_at_ms: row.try_get("updated_at")?,
+        updated_at_ms: updated_at,
     };
     record
         .validate()
@@ -169,7 +320,7 @@ fn decode(txid: &TxnId, row: &AnyRow) -> Result<TxnRecord, StoreError> {
     Ok(record)
 }
 
-fn corrupt(txid: &TxnId, problem: String) -> StoreError {
+pub fn corrupt(txid: &TxnId, problem: String) -> StoreError {
     StoreError::CorruptRow {
         table: "txns",
         key: txid.to_string(),
