@@ -5,6 +5,7 @@
 //! outcome the client never learned get a final answer, and new bookings
 //! go on.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,14 +23,21 @@ async fn coordinator_sigkill_under_load_recovers_and_keeps_replies() {
     let oracle = Arc::new(Oracle::new());
 
     tracing::info!("phase 1: load, and SIGKILL the coordinator in the middle of it");
+    // Chunk after chunk until the kill has happened, so that a chunk is
+    // always in flight when it lands, however fast the cluster is.
+    let killed = Arc::new(AtomicBool::new(false));
     let load = {
         let client = client.clone();
         let oracle = Arc::clone(&oracle);
-        let requests: Vec<_> = (0..400)
+        let killed = Arc::clone(&killed);
+        let requests: Vec<_> = (0..4000)
             .map(|n| race_itinerary(&test.cluster, &flights, n, "crash"))
             .collect();
         tokio::spawn(async move {
             for chunk in requests.chunks(40) {
+                if killed.load(Ordering::SeqCst) {
+                    break;
+                }
                 book_all_at_once(&client, chunk.to_vec(), &oracle).await;
             }
         })
@@ -39,6 +47,7 @@ async fn coordinator_sigkill_under_load_recovers_and_keeps_replies() {
         .kill(ProcessId::Coordinator)
         .await
         .expect("SIGKILL the coordinator");
+    killed.store(true, Ordering::SeqCst);
     load.await.expect("load task");
     let before_crash = oracle.entries();
     let unknown = before_crash
