@@ -8,11 +8,13 @@
 //! `PARTICIPANT_TEST_POSTGRES_URL` names). Cases use fresh txids and flight
 //! ids, so they can share one PostgreSQL database.
 
+use booking_proto::limits::DECISIONS_PER_CALL_MAX;
 use booking_proto::routing::partition_of;
 use booking_proto::v1::participant_server::Participant;
 use booking_proto::v1::{
-    AbortReason, CreateFlightRequest, DecisionRequest, GetFlightRequest, ListTxnsRequest,
-    PrepareRequest, ResolveRequest, ShardLeg, ShardTxnState, Vote,
+    AbortReason, CreateFlightRequest, DecideManyRequest, DecisionEntry, DecisionRequest,
+    GetFlightRequest, ListTxnsRequest, PrepareRequest, ResolveRequest, ShardDecision, ShardLeg,
+    ShardTxnState, Vote,
 };
 use rand::Rng;
 use sqlx::Row;
@@ -142,6 +144,33 @@ impl Harness {
             .compensate(Request::new(DecisionRequest { txid: txid.into() }))
             .await?;
         Ok(reply.into_inner().state())
+    }
+
+    /// DecideMany of `entries`; per entry, the ack's state or the error's
+    /// code and message.
+    async fn decide_many(
+        &self,
+        entries: &[(&str, ShardDecision)],
+    ) -> Result<Vec<Result<ShardTxnState, (Code, String)>>, Status> {
+        let request = DecideManyRequest {
+            entries: entries
+                .iter()
+                .map(|(txid, decision)| DecisionEntry {
+                    txid: (*txid).into(),
+                    decision: *decision as i32,
+                })
+                .collect(),
+        };
+        let reply = self.service.decide_many(Request::new(request)).await?;
+        Ok(reply
+            .into_inner()
+            .results
+            .into_iter()
+            .map(|r| match Code::from_i32(r.code) {
+                Code::Ok => Ok(r.ack.expect("an OK result carries its ack").state()),
+                code => Err((code, r.message)),
+            })
+            .collect())
     }
 
     /// (seat_no, state, txid, passenger) of every seat, in seat_index order.
@@ -1044,6 +1073,128 @@ async fn every_connection_commits_durably(h: &Harness) {
     }
 }
 
+// DecideMany: each entry is applied and answered as its own Commit, Abort
+// or Compensate would be, in order; one refused entry leaves the others.
+async fn decide_many_answers_each_entry_as_its_own_call(h: &Harness) {
+    let flight = h.flight(2, "AB").await;
+    let (commit, abort, fence, violation, saga) =
+        (new_txid(), new_txid(), new_txid(), new_txid(), new_txid());
+    h.prepare(&commit, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("prepare");
+    h.prepare(&abort, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("prepare");
+    h.abort(&violation).await.expect("fence");
+    let booked = h
+        .book_local(&saga, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("book");
+    assert!(booked.yes);
+    let results = h
+        .decide_many(&[
+            (&commit, ShardDecision::ShardCommit),
+            (&abort, ShardDecision::ShardAbort),
+            (&fence, ShardDecision::ShardAbort),
+            (&violation, ShardDecision::ShardCommit),
+            (&saga, ShardDecision::ShardCompensate),
+            (&commit, ShardDecision::ShardCommit),
+        ])
+        .await
+        .expect("a well-formed call");
+    assert_eq!(results.len(), 6, "{results:?}");
+    assert_eq!(results[0], Ok(ShardTxnState::ShardCommitted));
+    assert_eq!(results[1], Ok(ShardTxnState::ShardAborted));
+    assert_eq!(results[2], Ok(ShardTxnState::ShardAborted));
+    let (code, message) = results[3].clone().expect_err("COMMIT of an aborted txid");
+    assert_eq!(code, Code::FailedPrecondition, "{message}");
+    assert_eq!(results[4], Ok(ShardTxnState::ShardAborted));
+    assert_eq!(
+        results[5],
+        Ok(ShardTxnState::ShardCommitted),
+        "a repeat answers the same"
+    );
+    // The tables say what the answers said.
+    assert_eq!(h.txn(&commit).await.expect("row").0, "committed");
+    assert_eq!(h.txn(&abort).await.expect("row").0, "aborted");
+    assert_eq!(h.txn(&fence).await.expect("fenced row").0, "aborted");
+    assert_eq!(h.txn(&violation).await.expect("row").0, "aborted");
+    assert_eq!(h.txn(&saga).await.expect("row").0, "aborted");
+    let seats = h.seats(&flight).await;
+    let booked: Vec<_> = seats.iter().filter(|s| s.1 == "booked").collect();
+    assert_eq!(booked.len(), 1, "{seats:?}");
+    assert_eq!(booked[0].2.as_deref(), Some(commit.as_str()));
+    assert_eq!(h.seats_in(&flight, "free").await.len(), 3);
+    // One call, counted once; each entry also counted as its own call.
+    let requests = |rpc: &str, outcome: &str| {
+        h.metric(&format!(
+            r#"participant_requests_total{{rpc="{rpc}",outcome="{outcome}"}}"#
+        ))
+    };
+    assert_eq!(requests("decide_many", "ok"), 1.0);
+    assert_eq!(requests("commit", "ok"), 2.0);
+    assert_eq!(requests("commit", "error"), 1.0);
+    assert_eq!(
+        requests("abort", "ok"),
+        3.0,
+        "the fence call, then two entries"
+    );
+    assert_eq!(requests("compensate", "ok"), 1.0);
+}
+
+// A malformed DecideMany is refused whole, naming the entry; nothing applied.
+async fn decide_many_refuses_a_malformed_call_whole(h: &Harness) {
+    let flight = h.flight(1, "A").await;
+    let held = new_txid();
+    h.prepare(&held, vec![count_leg(0, &flight, 1)])
+        .await
+        .expect("prepare");
+    let refused = |result: Result<_, Status>, code: Code, needle: &str| {
+        let status = result.expect_err("refused");
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(
+            status.message().contains(needle),
+            "{needle:?} not in {status:?}"
+        );
+    };
+    refused(
+        h.decide_many(&[]).await,
+        Code::InvalidArgument,
+        "entries: 0 given",
+    );
+    let too_many: Vec<(&str, ShardDecision)> =
+        vec![(held.as_str(), ShardDecision::ShardAbort); DECISIONS_PER_CALL_MAX + 1];
+    refused(
+        h.decide_many(&too_many).await,
+        Code::InvalidArgument,
+        &format!("send 1..={DECISIONS_PER_CALL_MAX}"),
+    );
+    refused(
+        h.decide_many(&[
+            (&held, ShardDecision::ShardAbort),
+            ("not-a-uuid", ShardDecision::ShardAbort),
+        ])
+        .await,
+        Code::InvalidArgument,
+        "entries[1].txid",
+    );
+    refused(
+        h.decide_many(&[
+            (&held, ShardDecision::ShardAbort),
+            (&held, ShardDecision::Unspecified),
+        ])
+        .await,
+        Code::InvalidArgument,
+        "entries[1].decision",
+    );
+    assert_eq!(
+        h.txn(&held).await.expect("row").0,
+        "prepared",
+        "nothing applied"
+    );
+    assert_eq!(h.seats_in(&flight, "held").await, vec!["1A"]);
+}
+
 macro_rules! conformance_suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -1099,4 +1250,6 @@ conformance_suite!(
     concurrent_prepares_never_oversell,
     a_batch_with_a_no_in_the_middle_keeps_the_others,
     every_connection_commits_durably,
+    decide_many_answers_each_entry_as_its_own_call,
+    decide_many_refuses_a_malformed_call_whole,
 );

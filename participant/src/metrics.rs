@@ -139,19 +139,21 @@ pub enum Rpc {
     BookLocal,
     Resolve,
     Compensate,
+    DecideMany,
     CreateFlight,
     GetFlight,
     ListTxns,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 9] = [
+    pub const ALL: [Rpc; 10] = [
         Rpc::Prepare,
         Rpc::Commit,
         Rpc::Abort,
         Rpc::BookLocal,
         Rpc::Resolve,
         Rpc::Compensate,
+        Rpc::DecideMany,
         Rpc::CreateFlight,
         Rpc::GetFlight,
         Rpc::ListTxns,
@@ -165,6 +167,7 @@ impl Rpc {
             Rpc::BookLocal => "book_local",
             Rpc::Resolve => "resolve",
             Rpc::Compensate => "compensate",
+            Rpc::DecideMany => "decide_many",
             Rpc::CreateFlight => "create_flight",
             Rpc::GetFlight => "get_flight",
             Rpc::ListTxns => "list_txns",
@@ -248,7 +251,7 @@ struct RequestSeries {
 #[derive(Debug)]
 pub struct Metrics {
     /// Indexed by `Rpc as usize`.
-    requests: [RequestSeries; 9],
+    requests: [RequestSeries; 10],
     local_commits: Counter,
     local_commit_failures: Counter,
     local_commit_seconds: Histogram,

@@ -15,11 +15,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::failpoints::crash_point;
+use booking_proto::limits::DECISIONS_PER_CALL_MAX;
 use booking_proto::limits::MESSAGE_BYTES_MAX;
 use booking_proto::v1::participant_server::Participant;
 use booking_proto::v1::{
-    self, Ack, CreateFlightRequest, DecisionRequest, FlightInventory, GetFlightRequest,
-    ListTxnsReply, ListTxnsRequest, PrepareRequest, ResolveReply, ResolveRequest,
+    self, Ack, CreateFlightRequest, DecideManyReply, DecideManyRequest, DecisionRequest,
+    DecisionResult, FlightInventory, GetFlightRequest, ListTxnsReply, ListTxnsRequest,
+    PrepareRequest, ResolveReply, ResolveRequest, ShardDecision,
 };
 use booking_proto::validate;
 use tonic::{Request, Response, Status};
@@ -125,6 +127,87 @@ impl ParticipantService {
         };
         debug!(state = state.as_str(), "acknowledged");
         Ok(Response::new(wire::ack(state)))
+    }
+
+    /// DecideMany: every entry checked first (a malformed one refuses the
+    /// whole call), then all submitted at once, so that they share the
+    /// writer lanes' batches; each answered as its own call would be.
+    async fn do_decide_many(
+        &self,
+        request: DecideManyRequest,
+    ) -> Result<Response<DecideManyReply>, Status> {
+        check_size(&request)?;
+        let count = request.entries.len();
+        if count == 0 || count > DECISIONS_PER_CALL_MAX {
+            return Err(Status::invalid_argument(format!(
+                "entries: {count} given; send 1..={DECISIONS_PER_CALL_MAX} per call"
+            )));
+        }
+        let ops = request
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                let txid = TxnId::parse(&format!("entries[{i}].txid"), &entry.txid)
+                    .map_err(wire::invalid)?;
+                match ShardDecision::try_from(entry.decision) {
+                    Ok(ShardDecision::ShardCommit) => Ok(Op::Commit(txid)),
+                    Ok(ShardDecision::ShardAbort) => Ok(Op::Abort(txid)),
+                    Ok(ShardDecision::ShardCompensate) => Ok(Op::Compensate(txid)),
+                    _ => Err(Status::invalid_argument(format!(
+                        "entries[{i}].decision: {} is not SHARD_COMMIT, SHARD_ABORT or SHARD_COMPENSATE",
+                        entry.decision
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<Op>, Status>>()?;
+        let started = Instant::now();
+        let rpcs: Vec<Rpc> = ops
+            .iter()
+            .map(|op| match op {
+                Op::Commit(_) => Rpc::Commit,
+                Op::Abort(_) => Rpc::Abort,
+                _ => Rpc::Compensate,
+            })
+            .collect();
+        let answers = futures::future::join_all(ops.into_iter().map(|op| self.submit(op))).await;
+        if answers
+            .iter()
+            .zip(&rpcs)
+            .any(|(answer, rpc)| *rpc == Rpc::Commit && answer.is_ok())
+        {
+            crash_point("participant::after_commit_applied");
+        }
+        // Each entry also counts as its own call (rpc commit, abort or
+        // compensate), timed as the whole DecideMany.
+        for (answer, rpc) in answers.iter().zip(&rpcs) {
+            let outcome = match answer {
+                Ok(_) => Outcome::Ok,
+                Err(status) => {
+                    self.metrics.request_failed(*rpc, status.code());
+                    Outcome::Error
+                }
+            };
+            self.metrics.request(*rpc, outcome, started.elapsed());
+        }
+        let results = answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(Reply::Ack(state)) => Ok(DecisionResult {
+                    code: tonic::Code::Ok as i32,
+                    message: String::new(),
+                    ack: Some(wire::ack(state)),
+                }),
+                Ok(_) => Err(mismatch("an ack")),
+                Err(status) => Ok(DecisionResult {
+                    code: status.code() as i32,
+                    message: status.message().to_string(),
+                    ack: None,
+                }),
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        debug!(entries = count, "decisions acknowledged");
+        Ok(Response::new(DecideManyReply { results }))
     }
 
     async fn do_resolve(&self, request: ResolveRequest) -> Result<Response<ResolveReply>, Status> {
@@ -264,6 +347,16 @@ impl Participant for ParticipantService {
         let span = info_span!("compensate", txid = span_id(&request.txid));
         let work = self.decide(request, Op::Compensate);
         self.observe(Rpc::Compensate, span, work, ok).await
+    }
+
+    async fn decide_many(
+        &self,
+        request: Request<DecideManyRequest>,
+    ) -> Result<Response<DecideManyReply>, Status> {
+        let request = request.into_inner();
+        let span = info_span!("decide_many", entries = request.entries.len());
+        let work = self.do_decide_many(request);
+        self.observe(Rpc::DecideMany, span, work, ok).await
     }
 
     async fn create_flight(

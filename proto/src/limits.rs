@@ -20,3 +20,6 @@ pub const SEAT_ROWS_MAX: u32 = 200;
 pub const SEAT_LETTERS_MAX: usize = 12;
 /// Partitions are fixed for the life of a deployment.
 pub const PARTITIONS_MAX: u32 = 65_536;
+/// Most entries in one DecideMany call (about 42 KiB encoded, within
+/// `MESSAGE_BYTES_MAX`).
+pub const DECISIONS_PER_CALL_MAX: usize = 1024;

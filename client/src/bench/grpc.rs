@@ -40,7 +40,8 @@ const BATCH_MAX_ENV: &str = "PARTICIPANT_BATCH_MAX";
 pub enum ClusterKind {
     /// As shipped: group commit and batching on.
     Shipped,
-    /// Coordinator `group_commit = false`, participants `--batch-max 1`.
+    /// Coordinator `group_commit = false` and `batch_decisions = false`,
+    /// participants `--batch-max 1`.
     Naive,
 }
 
@@ -66,6 +67,8 @@ impl ClusterSystem {
         if kind == ClusterKind::Naive {
             spec.coordinator_settings
                 .push(("group_commit".into(), "false".into()));
+            spec.coordinator_settings
+                .push(("batch_decisions".into(), "false".into()));
             spec.env.push((BATCH_MAX_ENV.into(), "1".into()));
         }
         for (key, value) in extra_settings {
