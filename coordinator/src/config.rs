@@ -7,7 +7,7 @@
 //! partitions = 64
 //! default_timeout_ms = 2000
 //! # optional: inflight_max = 4096, segment_bytes_max = 67108864,
-//! # log_retention_secs = 600, group_commit = true, batch_decisions = true,
+//! # log_retention_secs = 600, group_commit = true, batch_calls = true,
 //! # metrics_listen = "127.0.0.1:9100"
 //! [[shards]]
 //! name = "s0"
@@ -77,11 +77,11 @@ pub struct Config {
     /// Group commit of the decision log; off only for the naive benchmark.
     #[serde(default = "default_true")]
     pub group_commit: bool,
-    /// Phase-2 decisions batched per shard into `DecideMany` calls (see
-    /// `crate::shards`); off (one call per decision) only for the naive
-    /// benchmark.
+    /// Protocol messages batched per shard into `ReserveMany` and
+    /// `DecideMany` calls (see `crate::shards`); off (one call per message)
+    /// only for the naive benchmark.
     #[serde(default = "default_true")]
-    pub batch_decisions: bool,
+    pub batch_calls: bool,
     /// Retention: a closed log segment whose transactions all ended at least
     /// this long ago is deleted, and its transactions forgotten (their
     /// idempotency keys honoured no longer). See `crate::retention`.

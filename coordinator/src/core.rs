@@ -91,7 +91,7 @@ impl Core {
         fatal: CancellationToken,
     ) -> anyhow::Result<Core> {
         let map = config.shard_map()?;
-        let shards = ShardClients::new(&map, config.batch_decisions)?;
+        let shards = ShardClients::new(&map, config.batch_calls)?;
         Ok(Core {
             map,
             shards,

@@ -7,6 +7,7 @@
 //! `GetDecision`, and after a restart finishes every transaction the log
 //! leaves open (`recovery`). It holds no inventory.
 
+mod batcher;
 pub mod config;
 pub mod core;
 pub mod failpoints;

@@ -3,29 +3,28 @@
 //! Calls here carry no protocol logic: they send one message with a time
 //! limit and report what came back. Retrying is the caller's decision.
 //!
-//! Decisions (phase 2 and saga compensations) are batched per shard unless
-//! `batch_decisions = false`: each shard has a sender task that takes every
-//! decision waiting for it (up to `DECISIONS_PER_CALL_MAX`) into one
-//! `DecideMany` call, with at most `DECIDE_CALLS_INFLIGHT_MAX` such calls
-//! in flight per shard; while they are, the next decisions gather. Each
-//! caller still gets its own entry's answer, exactly as from its own call,
-//! and a failed call fails every entry in it (each caller retries its own).
-//! This is what lets a restarted coordinator release 100,000 undecided
-//! transactions without 200,000 concurrent calls, and what keeps phase 2
-//! to a few calls per shard at load.
+//! Unless `batch_calls = false`, the protocol messages are batched per
+//! shard (`crate::batcher`): PREPARE and BOOK_LOCAL go in `ReserveMany`
+//! calls, COMMIT, ABORT and COMPENSATE in `DecideMany` calls. Each caller
+//! still gets its own message's answer, exactly as from its own call, and
+//! retries on its own. This is what lets a restarted coordinator release
+//! 100,000 undecided transactions without 200,000 concurrent calls, and
+//! what keeps a booking to a fraction of a call per shard at load.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use booking_proto::limits::DECISIONS_PER_CALL_MAX;
+use booking_proto::limits::{
+    BATCHED_CALL_BYTES_MAX, DECISIONS_PER_CALL_MAX, RESERVATIONS_PER_CALL_MAX,
+};
 use booking_proto::v1::participant_client::ParticipantClient;
 use booking_proto::v1::{
-    Ack, DecideManyRequest, DecisionEntry, DecisionRequest, PrepareRequest, ResolveReply,
-    ResolveRequest, ShardDecision, Vote,
+    Ack, DecideManyRequest, DecisionEntry, DecisionRequest, PrepareRequest, ReserveEntry,
+    ReserveManyRequest, ResolveReply, ResolveRequest, ShardDecision, Vote,
 };
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use prost::Message;
 use tonic::transport::{Channel, Endpoint};
-use tracing::warn;
+
+use crate::batcher::{BatchCall, Batcher, EntryResult, Limits};
 
 use crate::config::ShardMap;
 
@@ -79,14 +78,65 @@ impl Decision {
     }
 }
 
-/// `DecideMany` calls in flight at once to one shard.
-const DECIDE_CALLS_INFLIGHT_MAX: usize = 4;
+/// One shard's batchers.
+#[derive(Clone)]
+struct ShardBatchers {
+    reserve: Batcher<ReserveEntry, Vote>,
+    decide: Batcher<DecisionEntry, Ack>,
+}
 
-/// A decision waiting for its shard's next `DecideMany` call.
-struct Pending {
-    entry: DecisionEntry,
-    timeout: Duration,
-    answer: oneshot::Sender<Result<Ack, ShardCallError>>,
+/// `ReserveMany` through one shard's client.
+struct ReserveMany {
+    shard: String,
+    client: ParticipantClient<Channel>,
+}
+
+impl BatchCall<ReserveEntry, Vote> for ReserveMany {
+    async fn call(
+        &self,
+        entries: Vec<ReserveEntry>,
+        timeout: Duration,
+    ) -> Result<Vec<EntryResult<Vote>>, ShardCallError> {
+        let mut client = self.client.clone();
+        let call = client.reserve_many(ReserveManyRequest { entries });
+        let reply = timed_call(&self.shard, timeout, call).await?;
+        Ok(reply
+            .results
+            .into_iter()
+            .map(|r| EntryResult {
+                code: r.code,
+                message: r.message,
+                value: r.vote,
+            })
+            .collect())
+    }
+}
+
+/// `DecideMany` through one shard's client.
+struct DecideMany {
+    shard: String,
+    client: ParticipantClient<Channel>,
+}
+
+impl BatchCall<DecisionEntry, Ack> for DecideMany {
+    async fn call(
+        &self,
+        entries: Vec<DecisionEntry>,
+        timeout: Duration,
+    ) -> Result<Vec<EntryResult<Ack>>, ShardCallError> {
+        let mut client = self.client.clone();
+        let call = client.decide_many(DecideManyRequest { entries });
+        let reply = timed_call(&self.shard, timeout, call).await?;
+        Ok(reply
+            .results
+            .into_iter()
+            .map(|r| EntryResult {
+                code: r.code,
+                message: r.message,
+                value: r.ack,
+            })
+            .collect())
+    }
 }
 
 /// Clients of every participant, indexed like `ShardMap::shards()`.
@@ -94,19 +144,16 @@ struct Pending {
 pub struct ShardClients {
     names: Vec<String>,
     clients: Vec<ParticipantClient<Channel>>,
-    /// Per shard, the queue of its decision sender; None: one call per
-    /// decision (`batch_decisions = false`).
-    batchers: Option<Arc<Vec<mpsc::UnboundedSender<Pending>>>>,
+    /// Per shard, its batchers; None: one call per message
+    /// (`batch_calls = false`).
+    batchers: Option<Vec<ShardBatchers>>,
 }
 
 impl ShardClients {
-    /// The clients, and with `batch_decisions` one decision sender task per
-    /// shard (so this must run inside a tokio runtime); the senders stop
-    /// once every clone of the clients is dropped.
-    pub fn new(
-        map: &ShardMap,
-        batch_decisions: bool,
-    ) -> Result<ShardClients, tonic::transport::Error> {
+    /// The clients, and with `batch_calls` the batchers' sender tasks (so
+    /// this must run inside a tokio runtime); the senders stop once every
+    /// clone of the clients is dropped.
+    pub fn new(map: &ShardMap, batch_calls: bool) -> Result<ShardClients, tonic::transport::Error> {
         let mut names = Vec::new();
         let mut clients = Vec::new();
         for shard in map.shards() {
@@ -118,17 +165,37 @@ impl ShardClients {
             names.push(shard.name.clone());
             clients.push(ParticipantClient::new(channel));
         }
-        let batchers = batch_decisions.then(|| {
-            let queues = names
+        let batchers = batch_calls.then(|| {
+            names
                 .iter()
                 .zip(&clients)
-                .map(|(name, client)| {
-                    let (queue, pending) = mpsc::unbounded_channel();
-                    tokio::spawn(send_decisions(name.clone(), client.clone(), pending));
-                    queue
+                .map(|(name, client)| ShardBatchers {
+                    reserve: Batcher::start(
+                        name.clone(),
+                        Limits {
+                            entries_max: RESERVATIONS_PER_CALL_MAX,
+                            bytes_max: BATCHED_CALL_BYTES_MAX,
+                        },
+                        |entry: &ReserveEntry| entry.encoded_len(),
+                        ReserveMany {
+                            shard: name.clone(),
+                            client: client.clone(),
+                        },
+                    ),
+                    decide: Batcher::start(
+                        name.clone(),
+                        Limits {
+                            entries_max: DECISIONS_PER_CALL_MAX,
+                            bytes_max: BATCHED_CALL_BYTES_MAX,
+                        },
+                        |entry: &DecisionEntry| entry.encoded_len(),
+                        DecideMany {
+                            shard: name.clone(),
+                            client: client.clone(),
+                        },
+                    ),
                 })
-                .collect();
-            Arc::new(queues)
+                .collect()
         });
         Ok(ShardClients {
             names,
@@ -147,6 +214,13 @@ impl ShardClients {
         request: PrepareRequest,
         timeout: Duration,
     ) -> Result<Vote, ShardCallError> {
+        if let Some(batchers) = &self.batchers {
+            let entry = ReserveEntry {
+                request: Some(request),
+                book_local: false,
+            };
+            return batchers[shard].reserve.submit(entry, timeout).await;
+        }
         let mut client = self.clients[shard].clone();
         self.call(shard, timeout, client.prepare(request)).await
     }
@@ -157,6 +231,13 @@ impl ShardClients {
         request: PrepareRequest,
         timeout: Duration,
     ) -> Result<Vote, ShardCallError> {
+        if let Some(batchers) = &self.batchers {
+            let entry = ReserveEntry {
+                request: Some(request),
+                book_local: true,
+            };
+            return batchers[shard].reserve.submit(entry, timeout).await;
+        }
         let mut client = self.clients[shard].clone();
         self.call(shard, timeout, client.book_local(request)).await
     }
@@ -170,22 +251,11 @@ impl ShardClients {
         timeout: Duration,
     ) -> Result<Ack, ShardCallError> {
         if let Some(batchers) = &self.batchers {
-            let (answer, answered) = oneshot::channel();
-            let pending = Pending {
-                entry: DecisionEntry {
-                    txid,
-                    decision: decision.to_proto() as i32,
-                },
-                timeout,
-                answer,
+            let entry = DecisionEntry {
+                txid,
+                decision: decision.to_proto() as i32,
             };
-            let stopped = || ShardCallError::Status {
-                shard: self.names[shard].clone(),
-                code: tonic::Code::Unavailable,
-                message: "the decision sender stopped".into(),
-            };
-            batchers[shard].send(pending).map_err(|_| stopped())?;
-            return answered.await.map_err(|_| stopped())?;
+            return batchers[shard].decide.submit(entry, timeout).await;
         }
         let mut client = self.clients[shard].clone();
         let request = DecisionRequest { txid };
@@ -213,110 +283,26 @@ impl ShardClients {
         timeout: Duration,
         call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, ShardCallError> {
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(ShardCallError::Status {
-                shard: self.names[shard].clone(),
-                code: status.code(),
-                message: status.message().to_string(),
-            }),
-            Err(_) => Err(ShardCallError::Timeout {
-                shard: self.names[shard].clone(),
-                timeout_ms: timeout.as_millis() as u64,
-            }),
-        }
+        timed_call(&self.names[shard], timeout, call).await
     }
 }
 
-/// One shard's decision sender: batch after batch until the queue closes.
-async fn send_decisions(
-    shard: String,
-    client: ParticipantClient<Channel>,
-    mut queue: mpsc::UnboundedReceiver<Pending>,
-) {
-    let calls = Arc::new(Semaphore::new(DECIDE_CALLS_INFLIGHT_MAX));
-    loop {
-        let permit = Arc::clone(&calls)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let mut batch = Vec::new();
-        if queue.recv_many(&mut batch, DECISIONS_PER_CALL_MAX).await == 0 {
-            return;
-        }
-        let (shard, client) = (shard.clone(), client.clone());
-        tokio::spawn(async move {
-            decide_many(&shard, client, batch).await;
-            drop(permit);
-        });
-    }
-}
-
-/// One `DecideMany` call; answers every entry of `batch`.
-async fn decide_many(shard: &str, mut client: ParticipantClient<Channel>, batch: Vec<Pending>) {
-    let timeout = batch
-        .iter()
-        .map(|p| p.timeout)
-        .max()
-        .expect("a batch has at least one decision");
-    let (entries, waiting): (Vec<DecisionEntry>, Vec<_>) =
-        batch.into_iter().map(|p| (p.entry, p.answer)).unzip();
-    let count = entries.len();
-    let call = client.decide_many(DecideManyRequest { entries });
-    let failed = |code, message: String| ShardCallError::Status {
-        shard: shard.to_string(),
-        code,
-        message,
-    };
-    let results = match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(reply)) => reply.into_inner().results,
-        Ok(Err(status)) => {
-            let error = failed(status.code(), status.message().to_string());
-            for answer in waiting {
-                let _ = answer.send(Err(error.clone()));
-            }
-            return;
-        }
-        Err(_) => {
-            let error = ShardCallError::Timeout {
-                shard: shard.to_string(),
-                timeout_ms: timeout.as_millis() as u64,
-            };
-            for answer in waiting {
-                let _ = answer.send(Err(error.clone()));
-            }
-            return;
-        }
-    };
-    if results.len() != count {
-        warn!(
-            shard,
-            entries = count,
-            results = results.len(),
-            "DecideMany answered the wrong number of results"
-        );
-        let error = failed(
-            tonic::Code::Internal,
-            format!(
-                "DecideMany answered {} results for {count} entries",
-                results.len()
-            ),
-        );
-        for answer in waiting {
-            let _ = answer.send(Err(error.clone()));
-        }
-        return;
-    }
-    for (answer, result) in waiting.into_iter().zip(results) {
-        let outcome = match (tonic::Code::from_i32(result.code), result.ack) {
-            (tonic::Code::Ok, Some(ack)) => Ok(ack),
-            (tonic::Code::Ok, None) => Err(failed(
-                tonic::Code::Internal,
-                "DecideMany answered OK without an ack".into(),
-            )),
-            (code, _) => Err(failed(code, result.message)),
-        };
-        // A caller that gave up (its booking's task ended) needs no answer.
-        let _ = answer.send(outcome);
+/// One call with a time limit; its reply, or why there is none.
+async fn timed_call<T>(
+    shard: &str,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, ShardCallError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(ShardCallError::Status {
+            shard: shard.to_string(),
+            code: status.code(),
+            message: status.message().to_string(),
+        }),
+        Err(_) => Err(ShardCallError::Timeout {
+            shard: shard.to_string(),
+            timeout_ms: timeout.as_millis() as u64,
+        }),
     }
 }

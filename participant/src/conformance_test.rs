@@ -8,13 +8,13 @@
 //! `PARTICIPANT_TEST_POSTGRES_URL` names). Cases use fresh txids and flight
 //! ids, so they can share one PostgreSQL database.
 
-use booking_proto::limits::DECISIONS_PER_CALL_MAX;
+use booking_proto::limits::{DECISIONS_PER_CALL_MAX, RESERVATIONS_PER_CALL_MAX};
 use booking_proto::routing::partition_of;
 use booking_proto::v1::participant_server::Participant;
 use booking_proto::v1::{
     AbortReason, CreateFlightRequest, DecideManyRequest, DecisionEntry, DecisionRequest,
-    GetFlightRequest, ListTxnsRequest, PrepareRequest, ResolveRequest, ShardDecision, ShardLeg,
-    ShardTxnState, Vote,
+    GetFlightRequest, ListTxnsRequest, PrepareRequest, ReserveEntry, ReserveManyRequest,
+    ResolveRequest, ShardDecision, ShardLeg, ShardTxnState, Vote,
 };
 use rand::Rng;
 use sqlx::Row;
@@ -1142,6 +1142,114 @@ async fn decide_many_answers_each_entry_as_its_own_call(h: &Harness) {
     assert_eq!(requests("compensate", "ok"), 1.0);
 }
 
+// ReserveMany: each entry is checked, applied and answered as its own
+// Prepare or BookLocal would be, in order; a bad entry gets its own error.
+async fn reserve_many_answers_each_entry_as_its_own_call(h: &Harness) {
+    let (flight, theirs) = (h.flight(1, "AB").await, flight_id_in(1));
+    let (held, booked, sold_out, not_mine, malformed) = (
+        new_txid(),
+        new_txid(),
+        new_txid(),
+        new_txid(),
+        "not-a-uuid".to_string(),
+    );
+    let entry = |txid: &str, leg: ShardLeg, book_local: bool| ReserveEntry {
+        request: Some(PrepareRequest {
+            txid: txid.into(),
+            legs: vec![leg],
+            itinerary_legs: 2,
+        }),
+        book_local,
+    };
+    let entries = vec![
+        entry(&held, count_leg(0, &flight, 1), false),
+        entry(&booked, count_leg(1, &flight, 1), true),
+        entry(&sold_out, count_leg(0, &flight, 1), false),
+        entry(&not_mine, count_leg(0, &theirs, 1), false),
+        entry(&malformed, count_leg(0, &flight, 1), false),
+        ReserveEntry {
+            request: None,
+            book_local: false,
+        },
+        entry(&held, count_leg(0, &flight, 1), false),
+    ];
+    let results = h
+        .service
+        .reserve_many(Request::new(ReserveManyRequest { entries }))
+        .await
+        .expect("a well-formed call")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 7, "{results:?}");
+    let vote = |i: usize| {
+        assert_eq!(results[i].code, 0, "entry {i}: {:?}", results[i]);
+        results[i]
+            .vote
+            .clone()
+            .expect("an OK result carries its vote")
+    };
+    let error = |i: usize| (Code::from_i32(results[i].code), results[i].message.clone());
+    assert_eq!(yes_seats(&vote(0)), vec![vec!["1A"]]);
+    assert_eq!(yes_seats(&vote(1)), vec![vec!["1B"]]);
+    assert_eq!(
+        refusal(&vote(2)).0,
+        AbortReason::SoldOut,
+        "two seats, both taken in order"
+    );
+    let (code, message) = error(3);
+    assert_eq!(code, Code::FailedPrecondition, "{message}");
+    assert!(message.contains("does not own"), "{message}");
+    let (code, message) = error(4);
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    assert!(message.contains("txid"), "{message}");
+    assert_eq!(
+        error(5),
+        (
+            Code::InvalidArgument,
+            "entries[5].request is missing".into()
+        )
+    );
+    assert_eq!(
+        yes_seats(&vote(6)),
+        vec![vec!["1A"]],
+        "a repeat gets the same vote"
+    );
+    // The tables say what the answers said.
+    assert_eq!(h.txn(&held).await.expect("row").0, "prepared");
+    assert_eq!(h.txn(&booked).await.expect("row").1, "local");
+    assert_eq!(h.txn(&sold_out).await.expect("row").0, "aborted");
+    assert_eq!(h.txn(&not_mine).await, None, "nothing written");
+    assert_eq!(h.seats_in(&flight, "held").await, vec!["1A"]);
+    assert_eq!(h.seats_in(&flight, "booked").await, vec!["1B"]);
+    // One call, counted once; each entry also counted as its own call.
+    let requests = |rpc: &str, outcome: &str| {
+        h.metric(&format!(
+            r#"participant_requests_total{{rpc="{rpc}",outcome="{outcome}"}}"#
+        ))
+    };
+    assert_eq!(requests("reserve_many", "ok"), 1.0);
+    assert_eq!(requests("prepare", "yes"), 2.0);
+    assert_eq!(requests("prepare", "no"), 1.0);
+    assert_eq!(requests("prepare", "error"), 3.0);
+    assert_eq!(requests("book_local", "yes"), 1.0);
+    let empty = h
+        .service
+        .reserve_many(Request::new(ReserveManyRequest { entries: vec![] }))
+        .await
+        .expect_err("no entries");
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    let too_many = ReserveManyRequest {
+        entries: vec![entry(&held, count_leg(0, &flight, 1), false); RESERVATIONS_PER_CALL_MAX + 1],
+    };
+    let refused = h
+        .service
+        .reserve_many(Request::new(too_many))
+        .await
+        .expect_err("too many entries");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("send 1..=256"), "{refused:?}");
+}
+
 // A malformed DecideMany is refused whole, naming the entry; nothing applied.
 async fn decide_many_refuses_a_malformed_call_whole(h: &Harness) {
     let flight = h.flight(1, "A").await;
@@ -1252,4 +1360,5 @@ conformance_suite!(
     every_connection_commits_durably,
     decide_many_answers_each_entry_as_its_own_call,
     decide_many_refuses_a_malformed_call_whole,
+    reserve_many_answers_each_entry_as_its_own_call,
 );

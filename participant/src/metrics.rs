@@ -140,13 +140,14 @@ pub enum Rpc {
     Resolve,
     Compensate,
     DecideMany,
+    ReserveMany,
     CreateFlight,
     GetFlight,
     ListTxns,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 10] = [
+    pub const ALL: [Rpc; 11] = [
         Rpc::Prepare,
         Rpc::Commit,
         Rpc::Abort,
@@ -154,6 +155,7 @@ impl Rpc {
         Rpc::Resolve,
         Rpc::Compensate,
         Rpc::DecideMany,
+        Rpc::ReserveMany,
         Rpc::CreateFlight,
         Rpc::GetFlight,
         Rpc::ListTxns,
@@ -168,6 +170,7 @@ impl Rpc {
             Rpc::Resolve => "resolve",
             Rpc::Compensate => "compensate",
             Rpc::DecideMany => "decide_many",
+            Rpc::ReserveMany => "reserve_many",
             Rpc::CreateFlight => "create_flight",
             Rpc::GetFlight => "get_flight",
             Rpc::ListTxns => "list_txns",
@@ -251,7 +254,7 @@ struct RequestSeries {
 #[derive(Debug)]
 pub struct Metrics {
     /// Indexed by `Rpc as usize`.
-    requests: [RequestSeries; 10],
+    requests: [RequestSeries; 11],
     local_commits: Counter,
     local_commit_failures: Counter,
     local_commit_seconds: Histogram,

@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::failpoints::crash_point;
-use booking_proto::limits::DECISIONS_PER_CALL_MAX;
 use booking_proto::limits::MESSAGE_BYTES_MAX;
+use booking_proto::limits::{DECISIONS_PER_CALL_MAX, RESERVATIONS_PER_CALL_MAX};
 use booking_proto::v1::participant_server::Participant;
 use booking_proto::v1::{
     self, Ack, CreateFlightRequest, DecideManyReply, DecideManyRequest, DecisionRequest,
     DecisionResult, FlightInventory, GetFlightRequest, ListTxnsReply, ListTxnsRequest,
-    PrepareRequest, ResolveReply, ResolveRequest, ShardDecision,
+    PrepareRequest, ReserveManyReply, ReserveManyRequest, ReserveResult, ResolveReply,
+    ResolveRequest, ShardDecision,
 };
 use booking_proto::validate;
 use tonic::{Request, Response, Status};
@@ -99,6 +100,96 @@ impl ParticipantService {
         })
     }
 
+    /// ReserveMany: each entry checked, submitted (all at once, so that
+    /// they share the writer lanes' batches) and answered as its own
+    /// Prepare or BookLocal would be; each also counted as its own call,
+    /// timed as the whole ReserveMany.
+    async fn do_reserve_many(
+        &self,
+        request: ReserveManyRequest,
+    ) -> Result<Response<ReserveManyReply>, Status> {
+        let count = request.entries.len();
+        if count == 0 || count > RESERVATIONS_PER_CALL_MAX {
+            return Err(Status::invalid_argument(format!(
+                "entries: {count} given; send 1..={RESERVATIONS_PER_CALL_MAX} per call"
+            )));
+        }
+        let started = Instant::now();
+        let rpcs: Vec<Rpc> = request
+            .entries
+            .iter()
+            .map(|e| {
+                if e.book_local {
+                    Rpc::BookLocal
+                } else {
+                    Rpc::Prepare
+                }
+            })
+            .collect();
+        let votes = request
+            .entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, entry)| async move {
+                let Some(request) = entry.request else {
+                    return Err(Status::invalid_argument(format!(
+                        "entries[{i}].request is missing"
+                    )));
+                };
+                let (op, span): (fn(Booking) -> Op, _) = if entry.book_local {
+                    (
+                        Op::BookLocal,
+                        info_span!("book_local", txid = span_id(&request.txid)),
+                    )
+                } else {
+                    (
+                        Op::Prepare,
+                        info_span!("prepare", txid = span_id(&request.txid)),
+                    )
+                };
+                self.book(request, op)
+                    .instrument(span)
+                    .await
+                    .map(Response::into_inner)
+            });
+        let votes = futures::future::join_all(votes).await;
+        if votes
+            .iter()
+            .zip(&rpcs)
+            .any(|(vote, rpc)| *rpc == Rpc::Prepare && matches!(vote, Ok(v) if v.yes))
+        {
+            crash_point("participant::after_prepare_commit");
+        }
+        let results = votes
+            .into_iter()
+            .zip(&rpcs)
+            .map(|(vote, rpc)| {
+                let outcome = match &vote {
+                    Ok(vote) => vote_outcome(vote),
+                    Err(status) => {
+                        self.metrics.request_failed(*rpc, status.code());
+                        Outcome::Error
+                    }
+                };
+                self.metrics.request(*rpc, outcome, started.elapsed());
+                match vote {
+                    Ok(vote) => ReserveResult {
+                        code: tonic::Code::Ok as i32,
+                        message: String::new(),
+                        vote: Some(vote),
+                    },
+                    Err(status) => ReserveResult {
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                        vote: None,
+                    },
+                }
+            })
+            .collect();
+        debug!(entries = count, "reservations answered");
+        Ok(Response::new(ReserveManyReply { results }))
+    }
+
     /// PREPARE or BOOK_LOCAL.
     async fn book(
         &self,
@@ -170,7 +261,14 @@ impl ParticipantService {
                 _ => Rpc::Compensate,
             })
             .collect();
-        let answers = futures::future::join_all(ops.into_iter().map(|op| self.submit(op))).await;
+        let answers = futures::future::join_all(ops.into_iter().map(|op| {
+            let span = info_span!(
+                "decide",
+                txid = span_id(op.txid().map_or("", |t| t.as_str()))
+            );
+            self.submit(op).instrument(span)
+        }))
+        .await;
         if answers
             .iter()
             .zip(&rpcs)
@@ -357,6 +455,16 @@ impl Participant for ParticipantService {
         let span = info_span!("decide_many", entries = request.entries.len());
         let work = self.do_decide_many(request);
         self.observe(Rpc::DecideMany, span, work, ok).await
+    }
+
+    async fn reserve_many(
+        &self,
+        request: Request<ReserveManyRequest>,
+    ) -> Result<Response<ReserveManyReply>, Status> {
+        let request = request.into_inner();
+        let span = info_span!("reserve_many", entries = request.entries.len());
+        let work = self.do_reserve_many(request);
+        self.observe(Rpc::ReserveMany, span, work, ok).await
     }
 
     async fn create_flight(

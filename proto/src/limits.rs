@@ -23,3 +23,9 @@ pub const PARTITIONS_MAX: u32 = 65_536;
 /// Most entries in one DecideMany call (about 42 KiB encoded, within
 /// `MESSAGE_BYTES_MAX`).
 pub const DECISIONS_PER_CALL_MAX: usize = 1024;
+/// Most entries in one ReserveMany call.
+pub const RESERVATIONS_PER_CALL_MAX: usize = 256;
+/// Most bytes of entries the coordinator puts in one batched call (each
+/// entry is also held to `MESSAGE_BYTES_MAX`); participants decode up to
+/// 4 MiB.
+pub const BATCHED_CALL_BYTES_MAX: usize = 1024 * 1024;

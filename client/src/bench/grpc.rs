@@ -40,7 +40,7 @@ const BATCH_MAX_ENV: &str = "PARTICIPANT_BATCH_MAX";
 pub enum ClusterKind {
     /// As shipped: group commit and batching on.
     Shipped,
-    /// Coordinator `group_commit = false` and `batch_decisions = false`,
+    /// Coordinator `group_commit = false` and `batch_calls = false`,
     /// participants `--batch-max 1`.
     Naive,
 }
@@ -68,7 +68,7 @@ impl ClusterSystem {
             spec.coordinator_settings
                 .push(("group_commit".into(), "false".into()));
             spec.coordinator_settings
-                .push(("batch_decisions".into(), "false".into()));
+                .push(("batch_calls".into(), "false".into()));
             spec.env.push((BATCH_MAX_ENV.into(), "1".into()));
         }
         for (key, value) in extra_settings {

@@ -1,0 +1,305 @@
+//! Per-shard batching of the calls to a participant. A `Batcher` owns one
+//! sender task: it takes every entry waiting for the shard (up to
+//! `entries_max`, and split so that no call carries more than `bytes_max`
+//! of entries) into one call, with at most `CALLS_INFLIGHT_MAX` calls in
+//! flight; while they are, the next entries gather. So the number of calls
+//! follows the load only as far as the participant keeps up, like group
+//! commit.
+//!
+//! Each submitter gets its own entry's result, as from its own call, within
+//! its own timeout. A call that fails as a whole (transport error, timeout,
+//! a status for the whole call) fails every entry in it with that error;
+//! the submitters retry (or not) on their own, as before batching.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::warn;
+
+use crate::shards::ShardCallError;
+
+/// Calls in flight at once to one shard, per batcher.
+const CALLS_INFLIGHT_MAX: usize = 4;
+
+/// What one entry of a batched call ended with: a gRPC status code, its
+/// message, and on OK the entry's answer.
+#[derive(Debug)]
+pub struct EntryResult<R> {
+    pub code: i32,
+    pub message: String,
+    pub value: Option<R>,
+}
+
+/// An entry waiting for its shard's next call.
+struct Queued<E, R> {
+    entry: E,
+    timeout: Duration,
+    answer: oneshot::Sender<Result<R, ShardCallError>>,
+}
+
+/// The queue of one shard's sender task. Clones share it; the task stops
+/// once every clone is dropped.
+pub struct Batcher<E, R> {
+    shard: String,
+    queue: mpsc::UnboundedSender<Queued<E, R>>,
+}
+
+impl<E, R> Clone for Batcher<E, R> {
+    fn clone(&self) -> Self {
+        Batcher {
+            shard: self.shard.clone(),
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+/// How a batcher calls its shard: the entries, and the time limit of the
+/// whole call; the results, one per entry in order.
+pub trait BatchCall<E, R>: Send + Sync + 'static {
+    fn call(
+        &self,
+        entries: Vec<E>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<EntryResult<R>>, ShardCallError>> + Send;
+}
+
+/// The limits of one batcher's calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub entries_max: usize,
+    pub bytes_max: usize,
+}
+
+impl<E: Send + 'static, R: Send + 'static> Batcher<E, R> {
+    /// Starts the sender task (so this must run inside a tokio runtime).
+    /// `size` is an entry's encoded size, for `Limits::bytes_max`.
+    pub fn start(
+        shard: String,
+        limits: Limits,
+        size: fn(&E) -> usize,
+        call: impl BatchCall<E, R>,
+    ) -> Batcher<E, R> {
+        assert!(limits.entries_max > 0 && limits.bytes_max > 0);
+        let (queue, queued) = mpsc::unbounded_channel();
+        tokio::spawn(run(shard.clone(), queued, limits, size, Arc::new(call)));
+        Batcher { shard, queue }
+    }
+
+    /// Queues `entry` for the next call; its result, or a timeout after
+    /// `timeout`.
+    pub async fn submit(&self, entry: E, timeout: Duration) -> Result<R, ShardCallError> {
+        let (answer, answered) = oneshot::channel();
+        let stopped = || ShardCallError::Status {
+            shard: self.shard.clone(),
+            code: tonic::Code::Unavailable,
+            message: "the shard's call sender stopped".into(),
+        };
+        self.queue
+            .send(Queued {
+                entry,
+                timeout,
+                answer,
+            })
+            .map_err(|_| stopped())?;
+        match tokio::time::timeout(timeout, answered).await {
+            Ok(answer) => answer.map_err(|_| stopped())?,
+            Err(_) => Err(ShardCallError::Timeout {
+                shard: self.shard.clone(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+}
+
+/// The sender task: batch after batch until the queue closes.
+async fn run<E: Send + 'static, R: Send + 'static, C: BatchCall<E, R>>(
+    shard: String,
+    mut queue: mpsc::UnboundedReceiver<Queued<E, R>>,
+    limits: Limits,
+    size: fn(&E) -> usize,
+    call: Arc<C>,
+) {
+    let calls = Arc::new(Semaphore::new(CALLS_INFLIGHT_MAX));
+    loop {
+        let permit = Arc::clone(&calls)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let mut taken = Vec::new();
+        if queue.recv_many(&mut taken, limits.entries_max).await == 0 {
+            return;
+        }
+        let (shard, call) = (shard.clone(), Arc::clone(&call));
+        tokio::spawn(async move {
+            for batch in split(taken, limits.bytes_max, size) {
+                send(&shard, call.as_ref(), batch).await;
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// `queued` in order, in runs of at most `bytes_max` (an entry larger than
+/// that goes alone: the participant answers for it).
+fn split<E, R>(
+    queued: Vec<Queued<E, R>>,
+    bytes_max: usize,
+    size: fn(&E) -> usize,
+) -> Vec<Vec<Queued<E, R>>> {
+    let mut batches: Vec<Vec<Queued<E, R>>> = Vec::new();
+    let mut bytes = 0;
+    for item in queued {
+        let item_bytes = size(&item.entry);
+        match batches.last_mut() {
+            Some(batch) if bytes + item_bytes <= bytes_max => {
+                bytes += item_bytes;
+                batch.push(item);
+            }
+            _ => {
+                bytes = item_bytes;
+                batches.push(vec![item]);
+            }
+        }
+    }
+    batches
+}
+
+/// One call; answers every entry of `batch`.
+async fn send<E, R, C: BatchCall<E, R>>(shard: &str, call: &C, batch: Vec<Queued<E, R>>) {
+    let timeout = batch
+        .iter()
+        .map(|q| q.timeout)
+        .max()
+        .expect("a batch has at least one entry");
+    let (entries, answers): (Vec<E>, Vec<_>) =
+        batch.into_iter().map(|q| (q.entry, q.answer)).unzip();
+    let count = entries.len();
+    let results = match call.call(entries, timeout).await {
+        Ok(results) if results.len() == count => results,
+        Ok(results) => {
+            warn!(
+                shard,
+                entries = count,
+                results = results.len(),
+                "a batched call answered the wrong number of results"
+            );
+            let error = ShardCallError::Status {
+                shard: shard.to_string(),
+                code: tonic::Code::Internal,
+                message: format!("{} results for {count} entries", results.len()),
+            };
+            for answer in answers {
+                let _ = answer.send(Err(error.clone()));
+            }
+            return;
+        }
+        Err(error) => {
+            for answer in answers {
+                let _ = answer.send(Err(error.clone()));
+            }
+            return;
+        }
+    };
+    for (answer, result) in answers.into_iter().zip(results) {
+        let outcome = match (tonic::Code::from_i32(result.code), result.value) {
+            (tonic::Code::Ok, Some(value)) => Ok(value),
+            (tonic::Code::Ok, None) => Err(ShardCallError::Status {
+                shard: shard.to_string(),
+                code: tonic::Code::Internal,
+                message: "an OK result without its answer".into(),
+            }),
+            (code, _) => Err(ShardCallError::Status {
+                shard: shard.to_string(),
+                code,
+                message: result.message,
+            }),
+        };
+        // A submitter that gave up (its booking ended) needs no answer.
+        let _ = answer.send(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Answers each entry n with n * 10, or the code n names when n < 0;
+    /// counts calls and the largest batch.
+    #[derive(Default)]
+    struct Echo {
+        calls: AtomicUsize,
+        largest: AtomicUsize,
+    }
+
+    impl BatchCall<i64, i64> for Arc<Echo> {
+        async fn call(
+            &self,
+            entries: Vec<i64>,
+            _timeout: Duration,
+        ) -> Result<Vec<EntryResult<i64>>, ShardCallError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.largest.fetch_max(entries.len(), Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok(entries
+                .into_iter()
+                .map(|n| EntryResult {
+                    code: if n < 0 { -n as i32 } else { 0 },
+                    message: format!("entry {n}"),
+                    value: (n >= 0).then_some(n * 10),
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn each_submitter_gets_its_own_result_and_calls_are_shared() {
+        let echo = Arc::new(Echo::default());
+        let limits = Limits {
+            entries_max: 64,
+            bytes_max: 1 << 20,
+        };
+        let batcher = Batcher::start("s0".into(), limits, |_| 8, Arc::clone(&echo));
+        let submits = (0..500).map(|n| {
+            let batcher = batcher.clone();
+            async move { batcher.submit(n, Duration::from_secs(5)).await }
+        });
+        let results = futures::future::join_all(submits).await;
+        for (n, result) in results.into_iter().enumerate() {
+            assert_eq!(result.expect("answered"), n as i64 * 10);
+        }
+        let calls = echo.calls.load(Ordering::SeqCst);
+        assert!(
+            calls < 500 && calls >= 500 / 64,
+            "{calls} calls for 500 entries"
+        );
+        assert!(echo.largest.load(Ordering::SeqCst) <= 64);
+        let refused = batcher.submit(-9, Duration::from_secs(5)).await;
+        match refused {
+            Err(ShardCallError::Status { code, message, .. }) => {
+                assert_eq!(code, tonic::Code::FailedPrecondition);
+                assert_eq!(message, "entry -9");
+            }
+            other => panic!("expected the entry's own status, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn batches_are_split_by_bytes_in_order() {
+        let queued: Vec<Queued<usize, ()>> = [3, 3, 3, 10, 1, 1]
+            .into_iter()
+            .map(|entry| Queued {
+                entry,
+                timeout: Duration::from_secs(1),
+                answer: oneshot::channel().0,
+            })
+            .collect();
+        let sizes: Vec<Vec<usize>> = split(queued, 6, |e| *e)
+            .into_iter()
+            .map(|b| b.into_iter().map(|q| q.entry).collect())
+            .collect();
+        assert_eq!(sizes, vec![vec![3, 3], vec![3], vec![10], vec![1, 1]]);
+    }
+}
