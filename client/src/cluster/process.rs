@@ -42,14 +42,31 @@ pub struct RunningProcess {
     pub address: SocketAddr,
 }
 
-/// The last lines of a log file, for error messages.
+/// The last lines of a log file, for error messages. A backtrace (printed
+/// with RUST_BACKTRACE) is cut out, so that the error or panic message
+/// above it is what shows.
 pub fn log_tail(path: &Path) -> String {
     let text = std::fs::read(path)
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
         .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !is_backtrace_line(line))
+        .collect();
     let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
     format!("last lines of {}:\n{}", path.display(), tail.join("\n"))
+}
+
+/// A frame of a printed backtrace: `  12: name` or `   at file:line`.
+fn is_backtrace_line(line: &str) -> bool {
+    let trimmed = line.trim_start();
+    if trimmed.starts_with("at ") && line.starts_with("  ") {
+        return true;
+    }
+    let Some((number, _)) = trimmed.split_once(": ") else {
+        return false;
+    };
+    line.starts_with(' ') && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn open_log(path: &Path) -> Result<File, ClusterError> {
@@ -222,6 +239,25 @@ mod tests {
             log_path: dir.join("fake.log"),
             ready_timeout: timeout,
         }
+    }
+
+    #[test]
+    fn log_tails_leave_backtraces_out() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("p.log");
+        let mut text = String::from(
+            "INFO listening\nError: bind 127.0.0.1:7000: Address in use\n\nStack backtrace:\n",
+        );
+        for frame in 0..40 {
+            text.push_str(&format!("  {frame}: std::rt::lang_start\n             at /rustc/x/library/std/src/rt.rs:175:24\n"));
+        }
+        std::fs::write(&path, text).expect("write log");
+        let tail = log_tail(&path);
+        assert!(
+            tail.contains("Error: bind 127.0.0.1:7000: Address in use"),
+            "{tail}"
+        );
+        assert!(!tail.contains("lang_start"), "{tail}");
     }
 
     #[test]
