@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use sqlx::AnyConnection;
 use sqlx::Row;
 
-use super::{expect_rows, json_list, json_text, seats};
+use super::{expect_rows, json_in, json_text, seats};
 use crate::config::Backend;
 use crate::error::StoreError;
 use crate::model::FlightMap;
@@ -69,8 +69,8 @@ pub async fn find_rows(
     flight_ids: &[&str],
 ) -> Result<HashMap<String, FlightRow>, StoreError> {
     let sql = format!(
-        "SELECT flight_id, seat_rows, letters, capacity FROM flights WHERE flight_id IN ({})",
-        json_list(backend, 1)
+        "SELECT flight_id, seat_rows, letters, capacity FROM flights WHERE {}",
+        json_in(backend, "flight_id", 1)
     );
     let rows = sqlx::query(&sql)
         .bind(json_text(flight_ids))

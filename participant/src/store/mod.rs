@@ -291,17 +291,22 @@ pub fn now_ms() -> i64 {
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// SQL for the rows of the JSON array of strings bound as `$param`: the
-/// batch statements take a list as one JSON text, so each has one SQL text
-/// (one cached prepared statement) whatever the batch's size.
-fn json_list(backend: Backend, param: u32) -> String {
+/// SQL for "`column` is one of the strings of the JSON array bound as
+/// `$param`": the batch statements take a list as one JSON text, so each
+/// has one SQL text (one cached prepared statement) whatever the batch's
+/// size. On PostgreSQL the list is turned into an array first (`= ANY`
+/// over an InitPlan): as `IN (SELECT ...)` the planner, without statistics
+/// on a fresh table, chose a sequential scan of `seats` for every batch.
+fn json_in(backend: Backend, column: &str, param: u32) -> String {
     match backend {
-        Backend::Sqlite => format!("SELECT value FROM json_each(${param})"),
-        Backend::Postgres => format!("SELECT json_array_elements_text(${param}::json)"),
+        Backend::Sqlite => format!("{column} IN (SELECT value FROM json_each(${param}))"),
+        Backend::Postgres => {
+            format!("{column} = ANY(ARRAY(SELECT json_array_elements_text(${param}::json)))")
+        }
     }
 }
 
-/// The JSON text of a list, to bind for `json_list` or a multi-row write.
+/// The JSON text of a list, to bind for `json_in` or a multi-row write.
 fn json_text<T: Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).expect("lists of strings, numbers and options always serialise")
 }

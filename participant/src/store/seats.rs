@@ -19,7 +19,7 @@ use sqlx::AnyConnection;
 use sqlx::Row;
 
 use super::script::{Arg, Outcome, Script};
-use super::{expect_rows, json_list, json_text};
+use super::{expect_rows, json_in, json_text};
 use crate::config::Backend;
 use crate::error::StoreError;
 use crate::model::{FlightMap, TxnId};
@@ -184,10 +184,10 @@ pub fn push_moves(script: &mut Script, backend: Backend, moves: &[Move]) -> Move
             .collect();
         Arg::Text(json_text(&txids))
     };
-    let list = json_list(backend, 1);
+    let in_list = json_in(backend, "txid", 1);
     // Released rows lose their txid, so they are counted before they move.
     let counted = format!(
-        "SELECT txid, state, COUNT(*) AS n FROM seats WHERE txid IN ({list}) GROUP BY txid, state"
+        "SELECT txid, state, COUNT(*) AS n FROM seats WHERE {in_list} GROUP BY txid, state"
     );
     let sql = match backend {
         Backend::Sqlite => {
@@ -214,7 +214,7 @@ pub fn push_moves(script: &mut Script, backend: Backend, moves: &[Move]) -> Move
                 SeatState::Free => "state = 'free', txid = NULL, passenger = NULL".to_string(),
                 to => format!("state = '{}'", to.as_str()),
             };
-            let sql = format!("UPDATE seats SET {set} WHERE txid IN ({list}) AND state = $2");
+            let sql = format!("UPDATE seats SET {set} WHERE {in_list} AND state = $2");
             let args = vec![
                 txids(&|m| m.transition == transition),
                 Arg::Text(transition.seats_from.as_str().to_string()),

@@ -9,7 +9,7 @@ use sqlx::AnyConnection;
 use sqlx::Row;
 
 use super::script::{Arg, Outcome, Script};
-use super::{json_list, json_text, TxnRow};
+use super::{json_in, json_text, TxnRow};
 use crate::config::Backend;
 use crate::error::StoreError;
 use crate::model::{Refusal, TxnId, TxnKind, TxnRecord, TxnState};
@@ -34,9 +34,8 @@ pub async fn find_each(
     txids: &[&TxnId],
 ) -> Result<HashMap<String, Result<TxnRecord, StoreError>>, StoreError> {
     let sql = format!(
-        "SELECT txid, state, kind, itinerary_legs, legs, refusal, updated_at FROM txns \
-         WHERE txid IN ({})",
-        json_list(backend, 1)
+        "SELECT txid, state, kind, itinerary_legs, legs, refusal, updated_at FROM txns WHERE {}",
+        json_in(backend, "txid", 1)
     );
     let texts: Vec<&str> = txids.iter().map(|txid| txid.as_str()).collect();
     let rows = sqlx::query(&sql)
@@ -139,8 +138,8 @@ pub fn push_set_states(
         Backend::Postgres => "state",
     };
     let sql = format!(
-        "UPDATE txns SET state = $1, updated_at = $2 WHERE txid IN ({}) AND {state} = $4",
-        json_list(backend, 3)
+        "UPDATE txns SET state = $1, updated_at = $2 WHERE {} AND {state} = $4",
+        json_in(backend, "txid", 3)
     );
     let texts: Vec<&str> = txids.iter().map(|txid| txid.as_str()).collect();
     let args = vec![
