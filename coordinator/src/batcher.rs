@@ -6,10 +6,15 @@
 //! follows the load only as far as the participant keeps up, like group
 //! commit.
 //!
-//! Each submitter gets its own entry's result, as from its own call, within
-//! its own timeout. A call that fails as a whole (transport error, timeout,
-//! a status for the whole call) fails every entry in it with that error;
-//! the submitters retry (or not) on their own, as before batching.
+//! Each submitter gets its own entry's result, as from its own call. With
+//! `Wait::UpToTimeout` (reservations: a client waits for the booking) the
+//! submitter's timeout also covers the wait in the queue; with
+//! `Wait::ForTheCall` (decisions: nobody waits, and a timed-out decision
+//! would only be queued again) the timeout limits the call alone. An entry
+//! whose submitter has given up is not sent. A call that fails as a whole
+//! (transport error, timeout, a status for the whole call) fails every
+//! entry in it with that error; the submitters retry (or not) on their
+//! own, as before batching.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,10 +44,20 @@ struct Queued<E, R> {
     answer: oneshot::Sender<Result<R, ShardCallError>>,
 }
 
+/// What a submitter's timeout covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The wait in the queue and the call.
+    UpToTimeout,
+    /// The call only: the entry waits in the queue as long as it takes.
+    ForTheCall,
+}
+
 /// The queue of one shard's sender task. Clones share it; the task stops
 /// once every clone is dropped.
 pub struct Batcher<E, R> {
     shard: String,
+    wait: Wait,
     queue: mpsc::UnboundedSender<Queued<E, R>>,
 }
 
@@ -50,6 +65,7 @@ impl<E, R> Clone for Batcher<E, R> {
     fn clone(&self) -> Self {
         Batcher {
             shard: self.shard.clone(),
+            wait: self.wait,
             queue: self.queue.clone(),
         }
     }
@@ -78,17 +94,18 @@ impl<E: Send + 'static, R: Send + 'static> Batcher<E, R> {
     pub fn start(
         shard: String,
         limits: Limits,
+        wait: Wait,
         size: fn(&E) -> usize,
         call: impl BatchCall<E, R>,
     ) -> Batcher<E, R> {
         assert!(limits.entries_max > 0 && limits.bytes_max > 0);
         let (queue, queued) = mpsc::unbounded_channel();
         tokio::spawn(run(shard.clone(), queued, limits, size, Arc::new(call)));
-        Batcher { shard, queue }
+        Batcher { shard, wait, queue }
     }
 
-    /// Queues `entry` for the next call; its result, or a timeout after
-    /// `timeout`.
+    /// Queues `entry` for the next call; its result, or a timeout (see
+    /// `Wait`).
     pub async fn submit(&self, entry: E, timeout: Duration) -> Result<R, ShardCallError> {
         let (answer, answered) = oneshot::channel();
         let stopped = || ShardCallError::Status {
@@ -103,6 +120,9 @@ impl<E: Send + 'static, R: Send + 'static> Batcher<E, R> {
                 answer,
             })
             .map_err(|_| stopped())?;
+        if self.wait == Wait::ForTheCall {
+            return answered.await.map_err(|_| stopped())?;
+        }
         match tokio::time::timeout(timeout, answered).await {
             Ok(answer) => answer.map_err(|_| stopped())?,
             Err(_) => Err(ShardCallError::Timeout {
@@ -166,8 +186,12 @@ fn split<E, R>(
     batches
 }
 
-/// One call; answers every entry of `batch`.
-async fn send<E, R, C: BatchCall<E, R>>(shard: &str, call: &C, batch: Vec<Queued<E, R>>) {
+/// One call; answers every entry of `batch` whose submitter still waits.
+async fn send<E, R, C: BatchCall<E, R>>(shard: &str, call: &C, mut batch: Vec<Queued<E, R>>) {
+    batch.retain(|q| !q.answer.is_closed());
+    if batch.is_empty() {
+        return;
+    }
     let timeout = batch
         .iter()
         .map(|q| q.timeout)
@@ -261,7 +285,13 @@ mod tests {
             entries_max: 64,
             bytes_max: 1 << 20,
         };
-        let batcher = Batcher::start("s0".into(), limits, |_| 8, Arc::clone(&echo));
+        let batcher = Batcher::start(
+            "s0".into(),
+            limits,
+            Wait::UpToTimeout,
+            |_| 8,
+            Arc::clone(&echo),
+        );
         let submits = (0..500).map(|n| {
             let batcher = batcher.clone();
             async move { batcher.submit(n, Duration::from_secs(5)).await }
@@ -284,6 +314,60 @@ mod tests {
             }
             other => panic!("expected the entry's own status, got {other:?}"),
         }
+    }
+
+    /// An entry whose submitter gave up is not sent; a `ForTheCall`
+    /// submitter waits in the queue past its timeout.
+    #[tokio::test]
+    async fn abandoned_entries_are_dropped_and_decisions_wait_their_turn() {
+        let echo = Arc::new(Echo::default());
+        let limits = Limits {
+            entries_max: 1,
+            bytes_max: 1 << 20,
+        };
+        let patient = Batcher::start(
+            "s0".into(),
+            limits,
+            Wait::ForTheCall,
+            |_| 8,
+            Arc::clone(&echo),
+        );
+        // 40 entries, one per call, 4 calls in flight, 5 ms each: the last
+        // waits about 50 ms, far past its 1 ms timeout, and still gets its answer.
+        let submits = (0..40).map(|n| {
+            let patient = patient.clone();
+            async move { patient.submit(n, Duration::from_millis(1)).await }
+        });
+        for (n, result) in futures::future::join_all(submits)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(
+                result.expect("answered, however long the queue"),
+                n as i64 * 10
+            );
+        }
+        assert_eq!(echo.calls.load(Ordering::SeqCst), 40);
+        // Entries abandoned by their submitters before their turn are never sent.
+        let impatient = Batcher::start(
+            "s0".into(),
+            limits,
+            Wait::UpToTimeout,
+            |_| 8,
+            Arc::clone(&echo),
+        );
+        let submits = (0..40).map(|n| {
+            let impatient = impatient.clone();
+            async move { impatient.submit(n, Duration::from_millis(1)).await }
+        });
+        let results = futures::future::join_all(submits).await;
+        assert!(results
+            .iter()
+            .any(|r| matches!(r, Err(ShardCallError::Timeout { .. }))));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let sent = echo.calls.load(Ordering::SeqCst) - 40;
+        assert!(sent < 40, "{sent} of 40 abandoned entries were sent anyway");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use booking_proto::v1::{
 use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::batcher::{BatchCall, Batcher, EntryResult, Limits};
+use crate::batcher::{BatchCall, Batcher, EntryResult, Limits, Wait};
 
 use crate::config::ShardMap;
 
@@ -176,6 +176,9 @@ impl ShardClients {
                             entries_max: RESERVATIONS_PER_CALL_MAX,
                             bytes_max: BATCHED_CALL_BYTES_MAX,
                         },
+                        // A client waits for the booking: its deadline
+                        // covers the queue too.
+                        Wait::UpToTimeout,
                         |entry: &ReserveEntry| entry.encoded_len(),
                         ReserveMany {
                             shard: name.clone(),
@@ -188,6 +191,9 @@ impl ShardClients {
                             entries_max: DECISIONS_PER_CALL_MAX,
                             bytes_max: BATCHED_CALL_BYTES_MAX,
                         },
+                        // Phase 2 is retried until acknowledged: a decision
+                        // timed out in the queue would only be queued again.
+                        Wait::ForTheCall,
                         |entry: &DecisionEntry| entry.encoded_len(),
                         DecideMany {
                             shard: name.clone(),
