@@ -192,7 +192,28 @@ pub struct Cluster {
 impl Cluster {
     /// Lays out the cluster, starts every participant and then the
     /// coordinator, and returns once each has printed its ready line.
+    ///
+    /// The ports are picked free, then released for the processes to bind,
+    /// so another program (any outgoing connection takes an ephemeral port)
+    /// can take one in between. A process that exits at start because its
+    /// port was taken makes the whole start run again on new ports, up to
+    /// `START_ATTEMPTS_MAX` times; every other failure is returned at once.
     pub async fn start(spec: ClusterSpec) -> Result<Cluster, ClusterError> {
+        let mut attempt = 1;
+        loop {
+            match Cluster::start_once(spec.clone()).await {
+                Err(error) if attempt < START_ATTEMPTS_MAX && port_was_taken(&error) => {
+                    tracing::warn!(attempt, %error, "a port was taken before its process bound it; starting again on new ports");
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// One attempt of [`Cluster::start`]; on failure, the processes it
+    /// started are killed (when the cluster is dropped).
+    async fn start_once(spec: ClusterSpec) -> Result<Cluster, ClusterError> {
         let mut cluster = Cluster::prepare(spec)?;
         let participants = (0..cluster.shards()).map(ProcessId::Participant);
         let plans: Vec<LaunchPlan> = participants.map(|id| cluster.launch_plan(id)).collect();
@@ -560,6 +581,20 @@ impl Drop for Cluster {
     }
 }
 
+/// Attempts of [`Cluster::start`] when a picked port was taken.
+const START_ATTEMPTS_MAX: u32 = 3;
+
+/// True when a process exited at start because its address was in use.
+fn port_was_taken(error: &ClusterError) -> bool {
+    match error {
+        ClusterError::Exited { log_tail, .. } => {
+            let tail = log_tail.to_ascii_lowercase();
+            tail.contains("address already in use") || tail.contains("addrinuse")
+        }
+        _ => false,
+    }
+}
+
 /// Creates `dir` (and parents) and returns its absolute path.
 fn create_dir(dir: &Path) -> Result<PathBuf, ClusterError> {
     std::fs::create_dir_all(dir)
@@ -573,6 +608,24 @@ fn create_dir(dir: &Path) -> Result<PathBuf, ClusterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_taken_port_starts_the_cluster_again() {
+        let exited = |log_tail: &str| ClusterError::Exited {
+            name: "coordinator".into(),
+            status: "exit status: 1".into(),
+            log_tail: log_tail.into(),
+        };
+        assert!(port_was_taken(&exited(
+            "Error: bind 127.0.0.1:7000\n\nCaused by:\n    Address already in use (os error 98)"
+        )));
+        assert!(!port_was_taken(&exited(
+            "Error: the config names no shards"
+        )));
+        assert!(!port_was_taken(&ClusterError::InvalidSpec {
+            problem: "address already in use".into()
+        }));
+    }
 
     fn prepared(shards: usize) -> (tempfile::TempDir, Cluster) {
         let dir = tempfile::tempdir().unwrap();
