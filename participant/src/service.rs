@@ -72,15 +72,32 @@ impl ParticipantService {
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
         let answer = work.instrument(span).await;
-        let ended = match &answer {
-            Ok(reply) => outcome(reply.get_ref()),
+        self.count(
+            rpc,
+            answer.as_ref().map(Response::get_ref),
+            outcome,
+            started,
+        );
+        answer
+    }
+
+    /// Counts and times one answered request of `rpc` (or one entry of a
+    /// ReserveMany or DecideMany, as its own call) started at `started`.
+    fn count<T>(
+        &self,
+        rpc: Rpc,
+        answer: Result<&T, &Status>,
+        outcome: impl FnOnce(&T) -> Outcome,
+        started: Instant,
+    ) {
+        let ended = match answer {
+            Ok(reply) => outcome(reply),
             Err(status) => {
                 self.metrics.request_failed(rpc, status.code());
                 Outcome::Error
             }
         };
         self.metrics.request(rpc, ended, started.elapsed());
-        answer
     }
 
     /// Admits the op and waits for the local commit of its batch.
@@ -164,14 +181,7 @@ impl ParticipantService {
             .into_iter()
             .zip(&rpcs)
             .map(|(vote, rpc)| {
-                let outcome = match &vote {
-                    Ok(vote) => vote_outcome(vote),
-                    Err(status) => {
-                        self.metrics.request_failed(*rpc, status.code());
-                        Outcome::Error
-                    }
-                };
-                self.metrics.request(*rpc, outcome, started.elapsed());
+                self.count(*rpc, vote.as_ref(), vote_outcome, started);
                 match vote {
                     Ok(vote) => ReserveResult {
                         code: tonic::Code::Ok as i32,
@@ -279,14 +289,7 @@ impl ParticipantService {
         // Each entry also counts as its own call (rpc commit, abort or
         // compensate), timed as the whole DecideMany.
         for (answer, rpc) in answers.iter().zip(&rpcs) {
-            let outcome = match answer {
-                Ok(_) => Outcome::Ok,
-                Err(status) => {
-                    self.metrics.request_failed(*rpc, status.code());
-                    Outcome::Error
-                }
-            };
-            self.metrics.request(*rpc, outcome, started.elapsed());
+            self.count(*rpc, answer.as_ref(), ok, started);
         }
         let results = answers
             .into_iter()
