@@ -107,6 +107,61 @@ async fn reopening_keeps_prepared_txids_and_reruns_no_migration() {
     );
 }
 
+/// Inside one local transaction, a seat released by a COMPENSATE (or an
+/// ABORT) can be taken by a later booking of the same batch, and only by
+/// one: the batch view re-reads free seats after a release.
+#[tokio::test]
+async fn a_seat_released_in_a_batch_is_taken_once_by_a_later_op() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(&dir).await;
+    one(&store, flight("ONE", 1, "A")).await.expect("created");
+    let booked = one(
+        &store,
+        Op::BookLocal(booking(1, "ONE", SeatChoice::Count(1))),
+    )
+    .await;
+    assert!(
+        matches!(booked, Ok(Reply::Vote(Vote::Yes(_)))),
+        "{booked:?}"
+    );
+    let ops = [
+        Op::BookLocal(booking(2, "ONE", SeatChoice::Count(1))),
+        Op::Compensate(txid(1)),
+        Op::BookLocal(booking(3, "ONE", SeatChoice::Count(1))),
+        Op::Prepare(booking(4, "ONE", SeatChoice::Count(1))),
+    ];
+    let results = store
+        .apply_batch(&ops)
+        .await
+        .expect("batch commits")
+        .results;
+    let sold_out = |r: &OpResult| matches!(r, Ok(Reply::Vote(Vote::No(refusal))) if refusal.reason == AbortReason::SoldOut);
+    assert!(
+        sold_out(&results[0]),
+        "before the release: {:?}",
+        results[0]
+    );
+    assert!(
+        matches!(results[1], Ok(Reply::Ack(TxnState::Aborted))),
+        "{:?}",
+        results[1]
+    );
+    match &results[2] {
+        Ok(Reply::Vote(Vote::Yes(legs))) => assert_eq!(legs[0].seats, vec!["1A"]),
+        other => panic!("the released seat goes to the next booking: {other:?}"),
+    }
+    assert!(sold_out(&results[3]), "taken once only: {:?}", results[3]);
+    let row = sqlx::query("SELECT state, txid FROM seats WHERE flight_id = 'ONE'")
+        .fetch_one(store.pool())
+        .await
+        .expect("read");
+    let (state, owner): (String, Option<String>) = (row.get("state"), row.get("txid"));
+    assert_eq!(
+        (state.as_str(), owner),
+        ("booked", Some(txid(3).to_string()))
+    );
+}
+
 #[tokio::test]
 async fn a_no_vote_in_the_middle_of_a_batch_disturbs_no_other_op() {
     let dir = tempfile::tempdir().expect("temp dir");
