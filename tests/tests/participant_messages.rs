@@ -431,3 +431,64 @@ async fn an_undecided_yes_vote_is_presumed_aborted_via_get_decision() {
     let late = s.prepare(&txid, &flight, 2).await.expect("late prepare");
     assert_eq!(refusal(&late).0, AbortReason::Fenced);
 }
+
+/// Undecided YES votes by the hundred (what a coordinator restart over a
+/// full log leaves): one sweep asks about them together, so their presumed
+/// ABORTs reach the writer lane together and are applied in a few local
+/// transactions, not one fsync each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_undecided_yes_votes_are_aborted_in_a_few_local_commits() {
+    const TXIDS: usize = 200;
+    init_tracing();
+    let s = shard(Db::Sqlite, 1500).await;
+    let flight = format!("MANY{:04X}", rand::random::<u16>());
+    s.cluster
+        .create_flight(&flight, 25, "ABCDEFGH")
+        .await
+        .expect("create flight");
+    let txids: Vec<String> = (0..TXIDS).map(|_| new_txid()).collect();
+    let votes =
+        futures::future::join_all(txids.iter().map(|txid| s.prepare(txid, &flight, 1))).await;
+    for vote in &votes {
+        yes(vote.as_ref().expect("prepare"));
+    }
+    let address = s
+        .cluster
+        .metrics_address(booking_client::ProcessId::Participant(0))
+        .expect("the participant serves metrics");
+    let commits = |samples: &std::collections::HashMap<String, f64>| {
+        samples
+            .get("participant_local_commits_total")
+            .copied()
+            .expect("participant_local_commits_total is exported")
+    };
+    let before = commits(&metrics_scrape(address).await.expect("scrape"));
+    let within = Duration::from_secs(10);
+    let started = Instant::now();
+    loop {
+        // The shard is this test's alone: every prepared txid is one of ours.
+        let prepared: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM txns WHERE state = 'prepared'")
+                .fetch_one(&mut s.connection().await)
+                .await
+                .expect("count prepared txns");
+        if prepared == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{prepared} of {TXIDS} undecided YES votes still prepared after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        s.all_free(&flight).await,
+        "every presumed ABORT released its seat"
+    );
+    let spent = commits(&metrics_scrape(address).await.expect("scrape")) - before;
+    assert!(
+        spent <= (TXIDS / 8) as f64,
+        "{TXIDS} in-doubt txids were aborted in {spent} local commits; asked one after \
+         another, each would be its own"
+    );
+}
