@@ -17,7 +17,7 @@ use tracing::{error, info};
 use uuid::Uuid;
 
 use crate::core::{reply_of, restored_txn, Core};
-use crate::log::{Durability, Replayed};
+use crate::log::{Durability, Position, Replayed};
 use crate::protocol::{recovery_case, Decided, RecoveryCase, TxnHistory};
 use crate::records::TxnHeader;
 use crate::registry::NewTxn;
@@ -50,9 +50,17 @@ pub struct RecoveryReport {
 
 /// Groups records by txid, in order of first appearance.
 pub fn histories(replayed: &Replayed) -> Result<Vec<(Uuid, TxnHistory)>, BadTxid> {
-    let mut order = Vec::new();
-    let mut by_txid: HashMap<Uuid, TxnHistory> = HashMap::new();
-    for (position, record) in &replayed.records {
+    group_by_txid(replayed.records.iter().cloned())
+}
+
+/// `histories`, taking the records instead of copying them (recovery at
+/// start, where the log may hold millions).
+fn group_by_txid(
+    records: impl ExactSizeIterator<Item = (Position, LogRecord)>,
+) -> Result<Vec<(Uuid, TxnHistory)>, BadTxid> {
+    let mut order = Vec::with_capacity(records.len());
+    let mut by_txid: HashMap<Uuid, TxnHistory> = HashMap::with_capacity(records.len());
+    for (position, record) in records {
         let txid = Uuid::from_slice(&record.txid).map_err(|_| BadTxid {
             segment: position.segment,
             offset: position.offset,
@@ -65,7 +73,7 @@ pub fn histories(replayed: &Replayed) -> Result<Vec<(Uuid, TxnHistory)>, BadTxid
                 ..TxnHistory::default()
             }
         });
-        history.add(record.clone());
+        history.add(record);
     }
     Ok(order
         .into_iter()
@@ -80,12 +88,12 @@ pub fn histories(replayed: &Replayed) -> Result<Vec<(Uuid, TxnHistory)>, BadTxid
 
 /// Restores the registry from the log and starts finishing open
 /// transactions. Returns what it found.
-pub fn recover(core: &Arc<Core>, replayed: &Replayed) -> Result<RecoveryReport, BadTxid> {
+pub fn recover(core: &Arc<Core>, replayed: Replayed) -> Result<RecoveryReport, BadTxid> {
     let mut report = RecoveryReport {
         records: replayed.records.len(),
         ..Default::default()
     };
-    for (txid, history) in histories(replayed)? {
+    for (txid, history) in group_by_txid(replayed.records.into_iter())? {
         let case = recovery_case(&history);
         let first = any_record(&history);
         let header = TxnHeader::from_record(txid, richest(&history));

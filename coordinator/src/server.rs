@@ -65,8 +65,7 @@ pub async fn run(
     // TCP_NODELAY on every accepted connection: `Server::tcp_nodelay` is
     // ignored by `serve_with_incoming`, and without it small replies wait
     // for a delayed ACK (about 40 ms).
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = CancellationToken::new();
     let stop_serving = stop.clone();
     let server = tokio::spawn(
@@ -132,8 +131,13 @@ fn open_and_replay(config: &Config, fatal: CancellationToken) -> anyhow::Result<
     if let Some(cut) = &replayed.tail_cut {
         tracing::warn!(segment = %cut.segment.display(), offset = cut.offset, bytes = cut.bytes_cut, "cut a torn tail off the decision log");
     }
+    info!(
+        records = replayed.records.len(),
+        read_ms = started.elapsed().as_millis() as u64,
+        "decision log read"
+    );
     let core = Arc::new(Core::new(config, log, fatal)?);
-    let report = recovery::recover(&core, &replayed).context("replay the decision log")?;
+    let report = recovery::recover(&core, replayed).context("replay the decision log")?;
     crate::metrics::recovered(&report, started.elapsed());
     // Widens the NOT_SERVING window for the health test.
     pause_point("coordinator::during_replay");
