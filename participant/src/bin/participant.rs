@@ -13,6 +13,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use participant::Settings;
 
+/// mimalloc, not glibc malloc: see BENCHMARKS.md, "Recovery".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "participant",
