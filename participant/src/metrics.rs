@@ -22,6 +22,10 @@
 //! `participant_prepared` is set from the store at start and then moved by
 //! each committed batch (+1 per fresh YES vote, -1 per decided prepared
 //! txid), so it survives restarts.
+//!
+//! `participant_get_decision_total` counts txids asked about: the in-doubt
+//! sweep asks up to 64 at once, so an unreachable coordinator adds up to
+//! 64 `result="error"` per sweep.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@
 //! answer, leaves the txid prepared: a participant that voted YES never
 //! releases its seats on its own.
 //!
-//! Up to `ASKS_INFLIGHT_MAX` txids are asked about at once, so that the
+//! `ASKS_AT_ONCE` txids are asked about at once, so that the
 //! decisions reach the writer lanes together and are applied in a few
 //! batches. One after another, each was a local transaction (an fsync) of
 //! its own: after a coordinator restart over 100,000 undecided
@@ -16,18 +16,18 @@
 //! every GetDecision answer is counted by result, every applied decision
 //! by decision (`metrics`).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use booking_proto::v1::coordinator_client::CoordinatorClient;
 use booking_proto::v1::{Decision, GetDecisionRequest};
-use futures::stream::{self, StreamExt};
+use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::error::OpError;
 use crate::metrics::{DecisionResult, Metrics};
 use crate::model::TxnId;
 use crate::op::Op;
@@ -37,7 +37,7 @@ use crate::writer::Writers;
 /// Most in-doubt txids asked about per sweep.
 const SWEEP_TXIDS_MAX: u32 = 1000;
 /// In-doubt txids asked about (and their decisions applied) at once.
-const ASKS_INFLIGHT_MAX: usize = 64;
+const ASKS_AT_ONCE: usize = 64;
 /// How long one GetDecision call may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -86,8 +86,10 @@ impl InDoubtResolver {
         }
     }
 
-    /// One pass over the in-doubt txids, `ASKS_INFLIGHT_MAX` at a time;
-    /// once the coordinator fails to answer, the txids not yet asked about
+    /// One pass over the in-doubt txids, `ASKS_AT_ONCE` at a time: the
+    /// chunk's questions together, then its decisions together, so that
+    /// they reach the writer lanes at once. Once the coordinator fails to
+    /// answer, or the writer queue is full, the txids not yet asked about
     /// wait for the next sweep.
     pub async fn sweep(&self) {
         let before_ms = now_ms() - self.in_doubt_after.as_millis() as i64;
@@ -98,43 +100,53 @@ impl InDoubtResolver {
             }
         };
         let listed = txids.len();
-        let unreachable = AtomicBool::new(false);
-        let unasked = AtomicUsize::new(0);
-        let first_error = Mutex::new(None);
-        stream::iter(txids)
-            .for_each_concurrent(ASKS_INFLIGHT_MAX, |txid| {
-                let (unreachable, unasked, first_error) = (&unreachable, &unasked, &first_error);
+        let mut asked = 0;
+        for chunk in txids.chunks(ASKS_AT_ONCE) {
+            asked += chunk.len();
+            let answers = join_all(chunk.iter().map(|txid| {
                 let span = info_span!("in_doubt", txid = %txid);
-                async move {
-                    if unreachable.load(Ordering::Relaxed) {
-                        unasked.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    if let Err(status) = self.resolve(txid).await {
-                        unreachable.store(true, Ordering::Relaxed);
-                        first_error
-                            .lock()
-                            .expect("never poisoned: nothing panics holding it")
-                            .get_or_insert(status);
+                self.ask(txid).instrument(span)
+            }))
+            .await;
+            let mut unanswered = None;
+            let mut decided = Vec::new();
+            for (txid, answer) in chunk.iter().zip(answers) {
+                match answer {
+                    Ok(Some(op)) => decided.push((txid, op)),
+                    Ok(None) => {}
+                    Err(status) => {
+                        unanswered.get_or_insert(status);
                     }
                 }
-                .instrument(span)
-            })
+            }
+            let applied = join_all(decided.into_iter().map(|(txid, op)| {
+                let span = info_span!("in_doubt", txid = %txid);
+                self.apply(op).instrument(span)
+            }))
             .await;
-        if let Some(status) = first_error.into_inner().expect("never poisoned") {
-            warn!(
-                code = ?status.code(),
-                message = status.message(),
-                listed,
-                not_asked = unasked.into_inner(),
-                "coordinator did not answer GetDecision; the txids stay prepared until the next sweep"
-            );
+            if let Some(status) = unanswered {
+                return warn!(
+                    code = ?status.code(),
+                    message = status.message(),
+                    listed,
+                    not_asked = listed - asked,
+                    "coordinator did not answer GetDecision; the txids stay prepared until a later sweep"
+                );
+            }
+            if applied.iter().any(|full| *full) {
+                return warn!(
+                    listed,
+                    not_asked = listed - asked,
+                    "the write queue is full; the txids not applied stay prepared until a later sweep"
+                );
+            }
         }
     }
 
-    /// Asks about one txid and applies the decision; the status when the
-    /// coordinator did not answer (the rest of the sweep waits).
-    async fn resolve(&self, txid: TxnId) -> Result<(), Status> {
+    /// Asks about one txid: the operation that applies the coordinator's
+    /// decision, None while it is undecided, or the status when the
+    /// coordinator did not answer.
+    async fn ask(&self, txid: &TxnId) -> Result<Option<(Op, Decision)>, Status> {
         let request = GetDecisionRequest {
             txid: txid.to_string(),
         };
@@ -146,14 +158,14 @@ impl InDoubtResolver {
                 return Err(status);
             }
         };
-        let op = match decision {
+        match decision {
             Decision::Commit => {
                 self.metrics.get_decision(DecisionResult::Commit);
-                Op::Commit(txid)
+                Ok(Some((Op::Commit(txid.clone()), decision)))
             }
             Decision::Abort => {
                 self.metrics.get_decision(DecisionResult::Abort);
-                Op::Abort(txid)
+                Ok(Some((Op::Abort(txid.clone()), decision)))
             }
             Decision::InProgress | Decision::Unspecified => {
                 self.metrics.get_decision(DecisionResult::InProgress);
@@ -161,18 +173,24 @@ impl InDoubtResolver {
                     decision = decision.as_str_name(),
                     "coordinator has not decided; txid stays prepared"
                 );
-                return Ok(());
+                Ok(None)
             }
-        };
+        }
+    }
+
+    /// Applies a decision through the writers; true when the write queue
+    /// was full (the sweep stops there).
+    async fn apply(&self, (op, decision): (Op, Decision)) -> bool {
         match self.writers.submit(op).await {
             Ok(reply) => {
                 self.metrics.in_doubt_resolved(decision);
-                info!(decision = decision.as_str_name(), reply = ?reply, "in-doubt txid resolved")
+                info!(decision = decision.as_str_name(), reply = ?reply, "in-doubt txid resolved");
+                false
             }
             Err(err) => {
-                warn!(decision = decision.as_str_name(), error = %err, "applying the coordinator's decision failed")
+                warn!(decision = decision.as_str_name(), error = %err, "applying the coordinator's decision failed; txid stays prepared");
+                matches!(err, OpError::Overloaded { .. })
             }
         }
-        Ok(())
     }
 }

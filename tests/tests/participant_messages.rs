@@ -486,6 +486,7 @@ async fn many_undecided_yes_votes_are_aborted_in_a_few_local_commits() {
         "every presumed ABORT released its seat"
     );
     let spent = commits(&metrics_scrape(address).await.expect("scrape")) - before;
+    tracing::info!(spent, "local commits for {TXIDS} presumed ABORTs");
     assert!(
         spent <= (TXIDS / 8) as f64,
         "{TXIDS} in-doubt txids were aborted in {spent} local commits; asked one after \
