@@ -56,34 +56,29 @@ pub fn histories(replayed: &Replayed) -> Result<Vec<(Uuid, TxnHistory)>, BadTxid
 /// `histories`, taking the records instead of copying them (recovery at
 /// start, where the log may hold millions).
 fn group_by_txid(
-    records: impl ExactSizeIterator<Item = (Position, LogRecord)>,
+    records: impl Iterator<Item = (Position, LogRecord)>,
 ) -> Result<Vec<(Uuid, TxnHistory)>, BadTxid> {
-    let mut order = Vec::with_capacity(records.len());
-    let mut by_txid: HashMap<Uuid, TxnHistory> = HashMap::with_capacity(records.len());
+    let mut histories: Vec<(Uuid, TxnHistory)> = Vec::new();
+    let mut index_of: HashMap<Uuid, usize> = HashMap::new();
     for (position, record) in records {
         let txid = Uuid::from_slice(&record.txid).map_err(|_| BadTxid {
             segment: position.segment,
             offset: position.offset,
             length: record.txid.len(),
         })?;
-        let history = by_txid.entry(txid).or_insert_with(|| {
-            order.push(txid);
-            TxnHistory {
-                first_segment: position.segment,
-                ..TxnHistory::default()
-            }
+        let index = *index_of.entry(txid).or_insert_with(|| {
+            histories.push((
+                txid,
+                TxnHistory {
+                    first_segment: position.segment,
+                    ..TxnHistory::default()
+                },
+            ));
+            histories.len() - 1
         });
-        history.add(record);
+        histories[index].1.add(record);
     }
-    Ok(order
-        .into_iter()
-        .map(|txid| {
-            let history = by_txid
-                .remove(&txid)
-                .expect("every ordered txid has a history");
-            (txid, history)
-        })
-        .collect())
+    Ok(histories)
 }
 
 /// Restores the registry from the log and starts finishing open
