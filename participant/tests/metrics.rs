@@ -144,8 +144,11 @@ async fn the_sweep_and_the_requests_are_counted() {
         value(&series, r#"participant_get_decision_total{result="error"}"#),
         0.0
     );
+    // CREATE_FLIGHT, three PREPAREs, then the sweep's COMMIT and ABORT:
+    // those two are applied together (one chunk of the sweep), so they may
+    // share a local commit.
     assert!(
-        value(&series, "participant_local_commits_total") >= 6.0,
+        value(&series, "participant_local_commits_total") >= 5.0,
         "{series:?}"
     );
 
