@@ -316,6 +316,19 @@ mod tests {
         }
     }
 
+    /// Submits 0..count at once, each with `timeout`; the results in order.
+    async fn submit_each(
+        batcher: &Batcher<i64, i64>,
+        count: i64,
+        timeout: Duration,
+    ) -> Vec<Result<i64, ShardCallError>> {
+        let submits = (0..count).map(|n| {
+            let batcher = batcher.clone();
+            async move { batcher.submit(n, timeout).await }
+        });
+        futures::future::join_all(submits).await
+    }
+
     /// An entry whose submitter gave up is not sent; a `ForTheCall`
     /// submitter waits in the queue past its timeout.
     #[tokio::test]
@@ -334,11 +347,7 @@ mod tests {
         );
         // 40 entries, one per call, 4 calls in flight, 5 ms each: the last
         // waits about 50 ms, far past its 1 ms timeout, and still gets its answer.
-        let submits = (0..40).map(|n| {
-            let patient = patient.clone();
-            async move { patient.submit(n, Duration::from_millis(1)).await }
-        });
-        for (n, result) in futures::future::join_all(submits)
+        for (n, result) in submit_each(&patient, 40, Duration::from_millis(1))
             .await
             .into_iter()
             .enumerate()
@@ -357,11 +366,7 @@ mod tests {
             |_| 8,
             Arc::clone(&echo),
         );
-        let submits = (0..40).map(|n| {
-            let impatient = impatient.clone();
-            async move { impatient.submit(n, Duration::from_millis(1)).await }
-        });
-        let results = futures::future::join_all(submits).await;
+        let results = submit_each(&impatient, 40, Duration::from_millis(1)).await;
         assert!(results
             .iter()
             .any(|r| matches!(r, Err(ShardCallError::Timeout { .. }))));

@@ -103,32 +103,36 @@ impl InDoubtResolver {
         let mut asked = 0;
         for chunk in txids.chunks(ASKS_AT_ONCE) {
             asked += chunk.len();
-            let answers = join_all(chunk.iter().map(|txid| {
-                let span = info_span!("in_doubt", txid = %txid);
-                self.ask(txid).instrument(span)
-            }))
+            let answers = join_all(
+                chunk
+                    .iter()
+                    .map(|txid| self.ask(txid).instrument(in_doubt_span(txid))),
+            )
             .await;
-            let mut unanswered = None;
+            let (mut unanswered, mut failed) = (None, 0);
             let mut decided = Vec::new();
             for (txid, answer) in chunk.iter().zip(answers) {
                 match answer {
                     Ok(Some(op)) => decided.push((txid, op)),
                     Ok(None) => {}
                     Err(status) => {
+                        failed += 1;
                         unanswered.get_or_insert(status);
                     }
                 }
             }
-            let applied = join_all(decided.into_iter().map(|(txid, op)| {
-                let span = info_span!("in_doubt", txid = %txid);
-                self.apply(op).instrument(span)
-            }))
+            let applied = join_all(
+                decided
+                    .into_iter()
+                    .map(|(txid, op)| self.apply(op).instrument(in_doubt_span(txid))),
+            )
             .await;
             if let Some(status) = unanswered {
                 return warn!(
                     code = ?status.code(),
                     message = status.message(),
                     listed,
+                    failed,
                     not_asked = listed - asked,
                     "coordinator did not answer GetDecision; the txids stay prepared until a later sweep"
                 );
@@ -193,4 +197,9 @@ impl InDoubtResolver {
             }
         }
     }
+}
+
+/// The span of everything the sweep does about one txid.
+fn in_doubt_span(txid: &TxnId) -> tracing::Span {
+    info_span!("in_doubt", txid = %txid)
 }
