@@ -55,21 +55,21 @@ pub async fn pools(config: &Config) -> Result<Pools, StoreError> {
     };
     first_connection(&url, config.backend).await?;
     let backend = config.backend;
-    let options = |connections: u32| {
+    let options = |connections: u32, lane: Lane| {
         AnyPoolOptions::new()
             .max_connections(connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _meta| {
-                Box::pin(async move { configure(conn, backend).await })
+                Box::pin(async move { configure(conn, backend, lane).await })
             })
     };
     // A SQLite connection is a file handle in this process: nothing to
     // test before each batch. A PostgreSQL one may have died with its server.
-    let write = options(config.writers as u32)
+    let write = options(config.writers as u32, Lane::Write)
         .test_before_acquire(backend == Backend::Postgres)
         .connect(&url)
         .await?;
-    let read = options(READ_CONNECTIONS).connect(&url).await?;
+    let read = options(READ_CONNECTIONS, Lane::Read).connect(&url).await?;
     Ok(Pools { write, read })
 }
 
@@ -79,8 +79,20 @@ pub async fn migrate(pool: &AnyPool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The durability settings every connection needs.
-async fn configure(conn: &mut AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
+/// Which pool a connection is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Write,
+    Read,
+}
+
+/// The durability settings every connection needs, and the writers'
+/// planner setting.
+async fn configure(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    lane: Lane,
+) -> Result<(), sqlx::Error> {
     let statements: Vec<String> = match backend {
         Backend::Sqlite => vec![
             "PRAGMA synchronous = FULL".into(),
@@ -93,7 +105,25 @@ async fn configure(conn: &mut AnyConnection, backend: Backend) -> Result<(), sql
             // (`Store::checkpoint`).
             "PRAGMA wal_autocheckpoint = 0".into(),
         ],
-        Backend::Postgres => vec!["SET synchronous_commit = on".into()],
+        Backend::Postgres => {
+            let mut statements = vec!["SET synchronous_commit = on".into()];
+            if lane == Lane::Write {
+                // Every statement of a batch finds its rows by key (txid,
+                // flight_id, seat), and sqlx prepares each once per
+                // connection. PostgreSQL settles a prepared statement on a
+                // generic plan after five runs, and plans made while `txns`
+                // was still small (a fresh shard; autovacuum had not
+                // analysed it yet) scanned the whole table for every
+                // batch: at 64 clients the shard servers spent 77% of the
+                // machine's CPU there (`perf`), with 25 million `txns` rows
+                // read in 5,000 sequential scans within seconds
+                // (`pg_stat_user_tables`). With sequential scans priced
+                // out, the cached plans use the keys' indexes however
+                // small the tables were when they were made.
+                statements.push("SET enable_seqscan = off".into());
+            }
+            statements
+        }
     };
     for statement in statements {
         conn.execute(statement.as_str()).await?;
