@@ -102,10 +102,7 @@ impl<'c> Batch<'c> {
         };
         match backend {
             Backend::Sqlite => batch.read_ahead(ops).await?,
-            Backend::Postgres => {
-                batch.read_txns(ops).await?;
-                batch.read_flights(ops).await?;
-            }
+            Backend::Postgres => batch.read_ahead_postgres(ops).await?,
         }
         Ok(batch)
     }
@@ -119,18 +116,24 @@ impl<'c> Batch<'c> {
             .collect()
     }
 
-    /// Bookings and CREATE_FLIGHTs of `ops` (bookings only of txids for
-    /// which `reserves` is true): the distinct flights they name, and the
-    /// seats the bookings ask for per flight, added to `demand`.
-    fn flights_of<'o>(&mut self, ops: &'o [Op], reserves: impl Fn(&TxnId) -> bool) -> Vec<&'o str> {
+    /// The distinct flights that the bookings and CREATE_FLIGHTs of `ops`
+    /// name, and the seats that the bookings of txids for which `reserves`
+    /// is true ask for, per flight.
+    fn flights_of<'o>(
+        ops: &'o [Op],
+        reserves: impl Fn(&TxnId) -> bool,
+    ) -> (Vec<&'o str>, HashMap<String, usize>) {
         let mut wanted: Vec<&str> = Vec::new();
+        let mut demand: HashMap<String, usize> = HashMap::new();
         for op in ops {
             match op {
-                Op::Prepare(booking) | Op::BookLocal(booking) if reserves(&booking.txid) => {
+                Op::Prepare(booking) | Op::BookLocal(booking) => {
                     for leg in &booking.legs {
                         wanted.push(&leg.flight_id);
                         if let SeatChoice::Count(count) = leg.seats {
-                            *self.demand.entry(leg.flight_id.clone()).or_default() += count;
+                            if reserves(&booking.txid) {
+                                *demand.entry(leg.flight_id.clone()).or_default() += count;
+                            }
                         }
                     }
                 }
@@ -140,15 +143,16 @@ impl<'c> Batch<'c> {
         }
         let mut seen = HashSet::with_capacity(wanted.len());
         wanted.retain(|flight_id| seen.insert(*flight_id));
-        wanted
+        (wanted, demand)
     }
 
     /// SQLite: records, flights and free seats in one statement
-    /// (`readahead.rs`). The bookings of every txid count, since the
+    /// (`readahead::read`). The bookings of every txid count, since the
     /// records are not known yet.
     async fn read_ahead(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         let txids = Self::txids(ops);
-        let flight_ids = self.flights_of(ops, |_| true);
+        let (flight_ids, demand) = Self::flights_of(ops, |_| true);
+        self.demand = demand;
         let free_of: Vec<&str> = flight_ids
             .iter()
             .copied()
@@ -161,20 +165,43 @@ impl<'c> Batch<'c> {
             .max()
             .unwrap_or(1)
             .clamp(1, READ_AHEAD_SEATS_MAX);
-        let mut found = readahead::read(self.conn, &txids, &flight_ids, &free_of, limit).await?;
+        let found = readahead::read(self.conn, &txids, &flight_ids, &free_of, limit).await?;
         self.remember_txns(&txids, found.txns);
-        for flight_id in flight_ids {
-            let row = found.flights.remove(flight_id);
-            if row.is_some() && self.demand.contains_key(flight_id) {
-                let seats = found.free.remove(flight_id).unwrap_or_default();
-                let free = FreeSeats {
-                    complete: seats.len() < limit,
-                    seats: seats.into(),
-                };
-                self.free.insert(flight_id.to_string(), free);
+        self.remember_flights(&flight_ids, found.flights, found.free, |seats| {
+            seats < limit
+        });
+        Ok(())
+    }
+
+    /// PostgreSQL: records, flights, and the free seats of the bookings of
+    /// txids without a record, picked and locked, in one statement
+    /// (`readahead::read_postgres`).
+    async fn read_ahead_postgres(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        let txids = Self::txids(ops);
+        let (flight_ids, _) = Self::flights_of(ops, |_| true);
+        let mut demand = Vec::new();
+        for op in ops {
+            if let Op::Prepare(booking) | Op::BookLocal(booking) = op {
+                for leg in &booking.legs {
+                    if let SeatChoice::Count(n) = leg.seats {
+                        demand.push(readahead::Demand {
+                            txid: booking.txid.as_str(),
+                            flight_id: &leg.flight_id,
+                            n,
+                        });
+                    }
+                }
             }
-            self.flights.insert(flight_id.to_string(), row);
         }
+        let found = readahead::read_postgres(self.conn, &txids, &flight_ids, &demand).await?;
+        self.remember_txns(&txids, found.txns);
+        // The same demand as the statement's: the bookings of new txids.
+        let (_, demand) = Self::flights_of(ops, |txid| {
+            matches!(self.txns.get(txid.as_str()), Some(Slot::Absent))
+        });
+        self.demand = demand;
+        // Other lanes may hold free seats locked: a short read proves nothing.
+        self.remember_flights(&flight_ids, found.flights, found.free, |_| false);
         Ok(())
     }
 
@@ -198,35 +225,28 @@ impl<'c> Batch<'c> {
         }
     }
 
-    /// PostgreSQL: the records of all txids of `ops`.
-    async fn read_txns(&mut self, ops: &[Op]) -> Result<(), StoreError> {
-        let txids = Self::txids(ops);
-        if txids.is_empty() {
-            return Ok(());
-        }
-        let found = txns::find_each(self.conn, self.backend, &txids).await?;
-        self.remember_txns(&txids, found);
-        Ok(())
-    }
-
-    /// PostgreSQL: the flights of new bookings and CREATE_FLIGHTs.
-    async fn read_flights(&mut self, ops: &[Op]) -> Result<(), StoreError> {
-        let unknown: HashSet<String> = self
-            .txns
-            .iter()
-            .filter(|(_, slot)| matches!(slot, Slot::Absent))
-            .map(|(txid, _)| txid.clone())
-            .collect();
-        let wanted = self.flights_of(ops, |txid| unknown.contains(txid.as_str()));
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let mut found = flights::find_rows(self.conn, self.backend, &wanted).await?;
-        for flight_id in wanted {
-            let row = found.remove(flight_id);
+    /// Records the rows of `flight_ids` and the free seats read for those
+    /// with demand; `complete` says, from how many seats a flight's read
+    /// found, whether they are all its free seats.
+    fn remember_flights(
+        &mut self,
+        flight_ids: &[&str],
+        mut rows: HashMap<String, flights::FlightRow>,
+        mut free: HashMap<String, Vec<String>>,
+        complete: impl Fn(usize) -> bool,
+    ) {
+        for flight_id in flight_ids {
+            let row = rows.remove(*flight_id);
+            if row.is_some() && self.demand.contains_key(*flight_id) {
+                let seats = free.remove(*flight_id).unwrap_or_default();
+                let free = FreeSeats {
+                    complete: complete(seats.len()),
+                    seats: seats.into(),
+                };
+                self.free.insert(flight_id.to_string(), free);
+            }
             self.flights.insert(flight_id.to_string(), row);
         }
-        Ok(())
     }
 
     /// The connection, for statements outside the view (CREATE_FLIGHT);
@@ -439,6 +459,15 @@ impl<'c> Batch<'c> {
     async fn flush(&mut self, with_txns: bool) -> Result<(), StoreError> {
         let backend = self.backend;
         let mut script = Script::default();
+        // A txid that claims seats and moves them in one flush (PREPARE
+        // then ABORT in one batch) needs the move to see the claim.
+        if self
+            .moves
+            .iter()
+            .any(|m| self.claims.iter().any(|c| c.txid == m.txid.as_str()))
+        {
+            script.separate();
+        }
         let claims = (!self.claims.is_empty())
             .then(|| seats::push_claims(&mut script, backend, &self.claims));
         let moves =

@@ -1,13 +1,10 @@
 //! The `flights` table: seat maps, and a flight's inventory (seat counts per
 //! state, checked against its capacity after reading).
 
-use std::collections::HashMap;
-
 use sqlx::AnyConnection;
 use sqlx::Row;
 
-use super::{expect_rows, json_in, json_text, seats};
-use crate::config::Backend;
+use super::{expect_rows, seats};
 use crate::error::StoreError;
 use crate::model::FlightMap;
 use crate::op::Inventory;
@@ -59,33 +56,6 @@ pub async fn find_row(
         })
     })
     .transpose()
-}
-
-/// The rows of those of `flight_ids` that exist, in one statement;
-/// unchecked (`decode` checks one when it is used).
-pub async fn find_rows(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    flight_ids: &[&str],
-) -> Result<HashMap<String, FlightRow>, StoreError> {
-    let sql = format!(
-        "SELECT flight_id, seat_rows, letters, capacity FROM flights WHERE {}",
-        json_in(backend, "flight_id", 1)
-    );
-    let rows = sqlx::query(&sql)
-        .bind(json_text(flight_ids))
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter()
-        .map(|row| {
-            let flight = FlightRow {
-                seat_rows: row.try_get("seat_rows")?,
-                letters: row.try_get("letters")?,
-                capacity: row.try_get("capacity")?,
-            };
-            Ok((row.try_get("flight_id")?, flight))
-        })
-        .collect()
 }
 
 /// The seat map a row holds, checked.

@@ -1,16 +1,23 @@
-//! SQLite's read-ahead: everything a batch will look at, in ONE statement
-//! and one row. The `txns` records of its txids, the rows of the flights
-//! its bookings name, and the lowest free seats of those flights come back
-//! as three JSON arrays (`json_group_array`), so the batch pays one round
-//! trip to the sqlx worker thread and one row, not one per record.
+//! The read-ahead: everything a batch will look at, in ONE statement and
+//! one row. The `txns` records of its txids, the rows of the flights its
+//! bookings name, and the lowest free seats of those flights come back as
+//! three JSON arrays, so the batch pays one round trip and one row, not one
+//! per record or per flight.
 //!
-//! PostgreSQL reads the same with one statement per table (`txns::find_each`,
-//! `flights::find_rows`) and picks seats only when a booking needs them, so
-//! that the rows it locks (`FOR UPDATE SKIP LOCKED`) are those it takes.
+//! - SQLite (`read`): one writer holds the database (`BEGIN IMMEDIATE`),
+//!   so the free seats are read for every booking of the batch.
+//! - PostgreSQL (`read_postgres`): the free seats are picked and locked
+//!   (`FOR UPDATE SKIP LOCKED`, so concurrent writer lanes take different
+//!   seats) only for the bookings of txids without a `txns` row, found in
+//!   the same statement: a repeated PREPARE, which takes no seat, locks
+//!   none that another lane's booking could take. It used to be one
+//!   statement per flight after one per table, each a round trip.
 
 use std::collections::HashMap;
 
+use serde::Serialize;
 use serde_json::Value;
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::flights::{self, FlightRow};
@@ -58,6 +65,57 @@ pub async fn read(
     .bind(seats as i64)
     .fetch_one(&mut *conn)
     .await?;
+    decode(&row, txids)
+}
+
+/// One booking leg's any-seat demand, for `read_postgres`.
+#[derive(Debug, Serialize)]
+pub struct Demand<'a> {
+    pub txid: &'a str,
+    pub flight_id: &'a str,
+    pub n: usize,
+}
+
+/// Reads the records of `txids` and the rows of `flight_ids`, and picks
+/// and locks, per flight, the lowest free seats that the legs of `demand`
+/// whose txid has no record ask for.
+pub async fn read_postgres(
+    conn: &mut AnyConnection,
+    txids: &[&TxnId],
+    flight_ids: &[&str],
+    demand: &[Demand<'_>],
+) -> Result<Found, StoreError> {
+    let texts: Vec<&str> = txids.iter().map(|txid| txid.as_str()).collect();
+    let row = sqlx::query(
+        "WITH known AS (SELECT txid, state, kind, itinerary_legs, legs, refusal, updated_at \
+          FROM txns WHERE txid = ANY(ARRAY(SELECT json_array_elements_text($1::json)))), \
+         demand AS (SELECT d.flight_id, SUM(d.n)::bigint AS n \
+          FROM json_to_recordset($3::json) AS d(txid text, flight_id text, n bigint) \
+          WHERE NOT EXISTS (SELECT 1 FROM known WHERE known.txid = d.txid) \
+          GROUP BY d.flight_id), \
+         free AS (SELECT s.flight_id, s.seat_index, s.seat_no FROM demand AS d \
+          CROSS JOIN LATERAL (SELECT flight_id, seat_index, seat_no FROM seats \
+           WHERE flight_id = d.flight_id AND state = 'free' ORDER BY seat_index \
+           LIMIT d.n FOR UPDATE SKIP LOCKED) AS s) \
+         SELECT \
+         (SELECT COALESCE(json_agg(json_build_array(txid, state, kind, itinerary_legs, legs, \
+          refusal, updated_at)), '[]')::text FROM known) AS txns, \
+         (SELECT COALESCE(json_agg(json_build_array(flight_id, seat_rows, letters, capacity)), \
+          '[]')::text FROM flights \
+          WHERE flight_id = ANY(ARRAY(SELECT json_array_elements_text($2::json)))) AS flights, \
+         (SELECT COALESCE(json_agg(json_build_array(flight_id, seat_index, seat_no)), '[]')::text \
+          FROM free) AS free",
+    )
+    .bind(json_text(&texts))
+    .bind(json_text(flight_ids))
+    .bind(json_text(demand))
+    .fetch_one(&mut *conn)
+    .await?;
+    decode(&row, txids)
+}
+
+/// The three JSON arrays of a read-ahead row.
+fn decode(row: &AnyRow, txids: &[&TxnId]) -> Result<Found, StoreError> {
     let by_text: HashMap<&str, &TxnId> = txids.iter().map(|txid| (txid.as_str(), *txid)).collect();
     let mut found = Found::default();
     for mut columns in arrays(&row.try_get::<String, _>("txns")?, "txns")? {

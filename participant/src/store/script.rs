@@ -1,16 +1,27 @@
-//! Statements a batch sends together. On SQLite, sqlx runs every statement
-//! on the connection's worker thread, and each round trip there and back
-//! costs far more than a small statement itself when the machine is busy;
-//! so a script goes as ONE multi-statement query (one round trip), each
-//! statement's `$N` placeholders renumbered into one argument list. On
-//! PostgreSQL (no multi-statement prepared queries) it goes one statement
-//! at a time. Either way the caller gets each statement's rows and changed
-//! row count, in order, and checks them itself; a database error stops the
-//! script and fails the batch.
+//! Statements a batch sends together, in one round trip either way.
+//!
+//! - SQLite: sqlx runs every statement on the connection's worker thread,
+//!   and each round trip there and back costs far more than a small
+//!   statement itself when the machine is busy; so a script goes as ONE
+//!   multi-statement query, each statement's `$N` placeholders renumbered
+//!   into one argument list, and each statement sees the writes of those
+//!   before it.
+//! - PostgreSQL (no multi-statement prepared queries): a script goes as ONE
+//!   statement, each of its statements a data-modifying CTE (`WITH s0 AS
+//!   (UPDATE ... RETURNING 1), s1 AS (...) SELECT (SELECT count(*) FROM s0),
+//!   ...`). All of them then read the database as it was before the
+//!   statement, so the caller may fuse a script only when no statement
+//!   reads or writes a row another one writes (`Script::separate` says it
+//!   may not: then each goes as a statement of its own, in order). One
+//!   round trip instead of one per statement: at 64 clients a participant
+//!   batch made about seven, each 0.9–5 ms under load.
+//!
+//! Either way the caller gets each statement's changed row count (writes)
+//! or its single text value (queries), in order, and checks them itself; a
+//! database error stops the script and fails the batch.
 
 use futures::TryStreamExt;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Either, Executor};
+use sqlx::{AnyConnection, Either, Executor, Row};
 
 use crate::config::Backend;
 use crate::error::StoreError;
@@ -22,35 +33,64 @@ pub enum Arg {
     Int(i64),
 }
 
+/// What a statement gives back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// INSERT/UPDATE: the rows it changed.
+    Write,
+    /// SELECT of one row of one text column.
+    Query,
+}
+
 /// One statement: SQL with placeholders `$1..$n` (n = `args.len()`), its
 /// arguments in order.
 #[derive(Debug)]
 struct Statement {
     sql: String,
     args: Vec<Arg>,
+    kind: Kind,
 }
 
 /// What one statement of a script did.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Outcome {
-    pub rows: Vec<AnyRow>,
+    /// A write's changed rows.
     pub rows_affected: u64,
+    /// A query's value; None if it returned no row or NULL.
+    pub text: Option<String>,
 }
 
 /// Statements to send together, in order.
 #[derive(Debug, Default)]
 pub struct Script {
     statements: Vec<Statement>,
+    /// Each statement must see the writes of those before it (PostgreSQL:
+    /// do not fuse them into one).
+    separate: bool,
 }
 
 impl Script {
-    /// Adds a statement; returns its index in the outcomes.
+    /// Adds an INSERT or UPDATE (without RETURNING); returns its index in
+    /// the outcomes, which hold the rows it changed.
     pub fn push(&mut self, sql: impl Into<String>, args: Vec<Arg>) -> usize {
-        self.statements.push(Statement {
-            sql: sql.into(),
-            args,
-        });
+        self.add(sql.into(), args, Kind::Write)
+    }
+
+    /// Adds a SELECT of at most one row of one text column; returns its
+    /// index in the outcomes, which hold that value.
+    pub fn push_query(&mut self, sql: impl Into<String>, args: Vec<Arg>) -> usize {
+        self.add(sql.into(), args, Kind::Query)
+    }
+
+    fn add(&mut self, sql: String, args: Vec<Arg>, kind: Kind) -> usize {
+        self.statements.push(Statement { sql, args, kind });
         self.statements.len() - 1
+    }
+
+    /// Says that a statement reads or writes rows an earlier one writes,
+    /// so each must see the writes before it.
+    pub fn separate(&mut self) {
+        self.separate = true;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -65,19 +105,21 @@ impl Script {
     ) -> Result<Vec<Outcome>, StoreError> {
         match backend {
             Backend::Sqlite => self.run_as_one(conn).await,
-            Backend::Postgres => {
+            Backend::Postgres if self.separate || self.statements.len() == 1 => {
                 let mut outcomes = Vec::with_capacity(self.statements.len());
                 for statement in self.statements {
-                    let mut one = run(conn, &statement.sql, statement.args, 1).await?;
+                    let kinds = [statement.kind];
+                    let mut one = run(conn, &statement.sql, statement.args, &kinds).await?;
                     outcomes.push(one.pop().expect("one statement gives one outcome"));
                 }
                 Ok(outcomes)
             }
+            Backend::Postgres => self.run_fused(conn).await,
         }
     }
 
     async fn run_as_one(self, conn: &mut AnyConnection) -> Result<Vec<Outcome>, StoreError> {
-        let count = self.statements.len();
+        let kinds: Vec<Kind> = self.statements.iter().map(|s| s.kind).collect();
         let mut sql = String::new();
         let mut args = Vec::new();
         for statement in self.statements {
@@ -85,26 +127,85 @@ impl Script {
             sql.push_str(";\n");
             args.extend(statement.args);
         }
-        run(conn, &sql, args, count).await
+        run(conn, &sql, args, &kinds).await
+    }
+
+    /// PostgreSQL: every statement as a CTE of one statement, whose one row
+    /// holds each write's row count and each query's value.
+    async fn run_fused(self, conn: &mut AnyConnection) -> Result<Vec<Outcome>, StoreError> {
+        let count = self.statements.len();
+        let mut sql = String::from("WITH ");
+        let mut select = String::from("SELECT ");
+        let mut args = Vec::new();
+        let mut kinds = Vec::with_capacity(count);
+        for (i, statement) in self.statements.into_iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+                select.push_str(", ");
+            }
+            let body = renumber(&statement.sql, args.len());
+            match statement.kind {
+                Kind::Write => {
+                    sql.push_str(&format!("s{i} AS ({body} RETURNING 1)"));
+                    select.push_str(&format!("(SELECT count(*) FROM s{i})"));
+                }
+                Kind::Query => {
+                    sql.push_str(&format!("s{i} AS ({body})"));
+                    select.push_str(&format!("(SELECT * FROM s{i})::text"));
+                }
+            }
+            args.extend(statement.args);
+            kinds.push(statement.kind);
+        }
+        sql.push(' ');
+        sql.push_str(&select);
+        let row = bind(sqlx::query(&sql), args).fetch_one(&mut *conn).await?;
+        kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| {
+                Ok(match kind {
+                    Kind::Write => Outcome {
+                        rows_affected: u64::try_from(row.try_get::<i64, _>(i)?)
+                            .expect("count(*) is never negative"),
+                        text: None,
+                    },
+                    Kind::Query => Outcome {
+                        rows_affected: 0,
+                        text: row.try_get(i)?,
+                    },
+                })
+            })
+            .collect()
     }
 }
 
-/// Runs `sql` (`count` statements) and collects each statement's outcome.
-async fn run(
-    conn: &mut AnyConnection,
-    sql: &str,
-    args: Vec<Arg>,
-    count: usize,
-) -> Result<Vec<Outcome>, StoreError> {
-    let mut query = sqlx::query(sql);
+/// A query with its arguments bound in order.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+fn bind(mut query: AnyQuery<'_>, args: Vec<Arg>) -> AnyQuery<'_> {
     for arg in args {
         query = match arg {
             Arg::Text(text) => query.bind(text),
             Arg::Int(int) => query.bind(int),
         };
     }
+    query
+}
+
+/// Runs `sql` (one statement per entry of `kinds`) and collects each
+/// statement's outcome.
+async fn run(
+    conn: &mut AnyConnection,
+    sql: &str,
+    args: Vec<Arg>,
+    kinds: &[Kind],
+) -> Result<Vec<Outcome>, StoreError> {
+    let count = kinds.len();
+    let query = bind(sqlx::query(sql), args);
     let mut outcomes = Vec::with_capacity(count);
     let mut current = Outcome::default();
+    let mut rows = 0;
     // sqlx-sqlite runs every statement of a query string, binding `$N` by
     // number across them (sqlx calls this behaviour deprecated, in favour of
     // argument-less `raw_sql`); the outcome count below fails loudly if a
@@ -112,10 +213,20 @@ async fn run(
     let mut stream = conn.fetch_many(query);
     while let Some(item) = stream.try_next().await? {
         match item {
-            Either::Right(row) => current.rows.push(row),
+            Either::Right(row) => {
+                rows += 1;
+                if rows > 1 || kinds.get(outcomes.len()) != Some(&Kind::Query) {
+                    return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                        "statement {} of a script returned rows it should not",
+                        outcomes.len()
+                    ))));
+                }
+                current.text = row.try_get(0)?;
+            }
             Either::Left(done) => {
                 current.rows_affected = done.rows_affected();
                 outcomes.push(std::mem::take(&mut current));
+                rows = 0;
             }
         }
     }

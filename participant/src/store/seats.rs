@@ -174,7 +174,9 @@ pub struct MoveStatements {
 
 /// Adds the statements that move the seats of every txid of `moves` (each
 /// txid once): a count of their seats per state, then one UPDATE per kind
-/// of transition; `check_moves` checks their outcomes.
+/// of transition; `check_moves` checks their outcomes. The count reads no
+/// row the UPDATEs write but those it counts before they move, so the
+/// statements may go fused (`Script`).
 pub fn push_moves(script: &mut Script, backend: Backend, moves: &[Move]) -> MoveStatements {
     let txids = |filter: &dyn Fn(&Move) -> bool| {
         let txids: Vec<&str> = moves
@@ -200,7 +202,7 @@ pub fn push_moves(script: &mut Script, backend: Backend, moves: &[Move]) -> Move
              FROM ({counted}) AS c"
         ),
     };
-    let counts = script.push(sql, vec![txids(&|_| true)]);
+    let counts = script.push_query(sql, vec![txids(&|_| true)]);
     let mut transitions: Vec<Transition> = Vec::new();
     for m in moves {
         if !transitions.contains(&m.transition) {
@@ -235,10 +237,7 @@ pub fn check_moves(
     outcomes: &[Outcome],
 ) -> Result<(), StoreError> {
     let counts = &outcomes[statements.counts];
-    let text: String = match counts.rows.first() {
-        Some(row) => row.try_get("counts")?,
-        None => "[]".to_string(),
-    };
+    let text = counts.text.as_deref().unwrap_or("[]");
     let counted: Vec<(String, String, i64)> =
         serde_json::from_str(&text).map_err(|e| StoreError::CorruptRow {
             table: "seats",

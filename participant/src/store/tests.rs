@@ -1,6 +1,8 @@
 //! Store-level tests on a temp SQLite file: connection settings, `$N`
 //! placeholders, reopening, and batches (DESIGN "Messages to one participant
-//! may be batched ... correctness never depends on batching").
+//! may be batched ... correctness never depends on batching"). The batch
+//! cases also run on a throwaway PostgreSQL cluster (`batches_on_postgres`),
+//! whose batches read ahead and write in fused statements of their own.
 
 use booking_proto::v1::AbortReason;
 use sqlx::Row;
@@ -110,13 +112,10 @@ async fn reopening_keeps_prepared_txids_and_reruns_no_migration() {
 /// Inside one local transaction, a seat released by a COMPENSATE (or an
 /// ABORT) can be taken by a later booking of the same batch, and only by
 /// one: the batch view re-reads free seats after a release.
-#[tokio::test]
-async fn a_seat_released_in_a_batch_is_taken_once_by_a_later_op() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = open(&dir).await;
-    one(&store, flight("ONE", 1, "A")).await.expect("created");
+async fn a_seat_released_in_a_batch_is_taken_once_by_a_later_op(store: &Store) {
+    one(store, flight("ONE", 1, "A")).await.expect("created");
     let booked = one(
-        &store,
+        store,
         Op::BookLocal(booking(1, "ONE", SeatChoice::Count(1))),
     )
     .await;
@@ -162,11 +161,8 @@ async fn a_seat_released_in_a_batch_is_taken_once_by_a_later_op() {
     );
 }
 
-#[tokio::test]
-async fn a_no_vote_in_the_middle_of_a_batch_disturbs_no_other_op() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = open(&dir).await;
-    one(&store, flight("AB1", 2, "AB")).await.expect("created");
+async fn a_no_vote_in_the_middle_of_a_batch_disturbs_no_other_op(store: &Store) {
+    one(store, flight("AB1", 2, "AB")).await.expect("created");
     let named = SeatChoice::Named(vec![SeatLabel {
         row: 2,
         letter: 'B',
@@ -220,12 +216,9 @@ async fn a_no_vote_in_the_middle_of_a_batch_disturbs_no_other_op() {
     );
 }
 
-#[tokio::test]
-async fn a_row_count_mismatch_fails_the_whole_batch() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = open(&dir).await;
-    one(&store, flight("AB1", 2, "AB")).await.expect("created");
-    one(&store, Op::Prepare(booking(1, "AB1", SeatChoice::Count(2))))
+async fn a_row_count_mismatch_fails_the_whole_batch(store: &Store) {
+    one(store, flight("AB1", 2, "AB")).await.expect("created");
+    one(store, Op::Prepare(booking(1, "AB1", SeatChoice::Count(2))))
         .await
         .expect("voted");
     // Damage the shard behind the participant's back: one held seat vanishes.
@@ -271,11 +264,8 @@ async fn a_row_count_mismatch_fails_the_whole_batch() {
 
 // The `participant_prepared` gauge follows the batches' prepared_change, and
 // restarts from count_prepared: both must agree with the txns table.
-#[tokio::test]
-async fn prepared_change_counts_fresh_holds_and_decisions() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = open(&dir).await;
-    one(&store, flight("AB1", 3, "AB")).await.expect("created");
+async fn prepared_change_counts_fresh_holds_and_decisions(store: &Store) {
+    one(store, flight("AB1", 3, "AB")).await.expect("created");
     let prepare = |n| Op::Prepare(booking(n, "AB1", SeatChoice::Count(1)));
     let ops = [prepare(1), prepare(2), prepare(3)];
     let applied = store.apply_batch(&ops).await.expect("batch commits");
@@ -297,6 +287,117 @@ async fn prepared_change_counts_fresh_holds_and_decisions() {
     assert_eq!(row.state, TxnState::Prepared);
     assert!(store.txn_row(&txid(4)).await.expect("read").is_none());
 }
+
+/// A PREPARE and an ABORT of the same txid in one batch: the ABORT moves
+/// the seats the PREPARE claimed in the same batch (on PostgreSQL, the
+/// flush that must not be fused into one statement).
+async fn a_txid_prepared_and_aborted_in_one_batch_holds_nothing(store: &Store) {
+    one(store, flight("AB2", 1, "AB")).await.expect("created");
+    let ops = [
+        Op::Prepare(booking(1, "AB2", SeatChoice::Count(1))),
+        Op::Prepare(booking(2, "AB2", SeatChoice::Count(1))),
+        Op::Abort(txid(1)),
+        Op::Commit(txid(2)),
+    ];
+    let applied = store.apply_batch(&ops).await.expect("batch commits");
+    assert_eq!(applied.prepared_change, 0, "two holds, both decided");
+    let results = applied.results;
+    assert!(
+        matches!(&results[0], Ok(Reply::Vote(Vote::Yes(legs))) if legs[0].seats == ["1A"]),
+        "{:?}",
+        results[0]
+    );
+    assert!(
+        matches!(&results[1], Ok(Reply::Vote(Vote::Yes(legs))) if legs[0].seats == ["1B"]),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        matches!(results[2], Ok(Reply::Ack(TxnState::Aborted))),
+        "{:?}",
+        results[2]
+    );
+    assert!(
+        matches!(results[3], Ok(Reply::Ack(TxnState::Committed))),
+        "{:?}",
+        results[3]
+    );
+    let rows = sqlx::query(
+        "SELECT seat_no, state, txid FROM seats WHERE flight_id = 'AB2' ORDER BY seat_index",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("read");
+    let states: Vec<(String, String, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get("seat_no"), r.get("state"), r.get("txid")))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("1A".into(), "free".into(), None),
+            ("1B".into(), "booked".into(), Some(txid(2).to_string())),
+        ]
+    );
+    let states: Vec<(String, String)> = sqlx::query("SELECT txid, state FROM txns ORDER BY txid")
+        .fetch_all(store.pool())
+        .await
+        .expect("read")
+        .iter()
+        .map(|r| (r.get("txid"), r.get("state")))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (txid(1).to_string(), "aborted".to_string()),
+            (txid(2).to_string(), "committed".to_string()),
+        ]
+    );
+}
+
+/// Every batch case, each on a fresh store of `open`.
+macro_rules! batch_cases {
+    ($($case:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    super::$case(&super::open(&dir).await).await;
+                }
+            )*
+        }
+
+        /// The batch cases on one throwaway PostgreSQL cluster, a database
+        /// each. Without the PostgreSQL server binaries this FAILS, saying
+        /// what to install.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn batches_on_postgres() {
+            let cases = [$(stringify!($case)),*];
+            let cluster = booking_client::pg::PgCluster::start(cases.len())
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL batch tests need a server: {e}"));
+            let mut i = 0;
+            $(
+                eprintln!("postgres case: {}", cases[i]);
+                let config = Config::new("s0", &cluster.database_url(i), 4).expect("valid config");
+                let store = Store::open(&config).await.expect("open store");
+                $case(&store).await;
+                store.close().await;
+                i += 1;
+            )*
+            assert_eq!(i, cases.len());
+        }
+    };
+}
+
+batch_cases!(
+    a_seat_released_in_a_batch_is_taken_once_by_a_later_op,
+    a_no_vote_in_the_middle_of_a_batch_disturbs_no_other_op,
+    a_row_count_mismatch_fails_the_whole_batch,
+    prepared_change_counts_fresh_holds_and_decisions,
+    a_txid_prepared_and_aborted_in_one_batch_holds_nothing,
+);
 
 /// The writer connections never checkpoint; `Store::checkpoint` does, and
 /// with it the WAL is reused from its start instead of growing with every

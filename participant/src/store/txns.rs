@@ -1,8 +1,6 @@
 //! The `txns` table: one row per txid this shard has seen. Rows are checked
 //! before they are written and after they are read (`TxnRecord::validate`).
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
@@ -23,39 +21,6 @@ pub async fn find(conn: &mut AnyConnection, txid: &TxnId) -> Result<Option<TxnRe
     .fetch_optional(&mut *conn)
     .await?;
     row.map(|row| decode(txid, &row)).transpose()
-}
-
-/// The records of those of `txids` the shard has seen, in one statement.
-/// A row that fails its checks is returned as its error, for the caller to
-/// raise when (and if) it uses the record.
-pub async fn find_each(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    txids: &[&TxnId],
-) -> Result<HashMap<String, Result<TxnRecord, StoreError>>, StoreError> {
-    let sql = format!(
-        "SELECT txid, state, kind, itinerary_legs, legs, refusal, updated_at FROM txns WHERE {}",
-        json_in(backend, "txid", 1)
-    );
-    let texts: Vec<&str> = txids.iter().map(|txid| txid.as_str()).collect();
-    let rows = sqlx::query(&sql)
-        .bind(json_text(&texts))
-        .fetch_all(&mut *conn)
-        .await?;
-    let by_text: HashMap<&str, &TxnId> = txids.iter().map(|txid| (txid.as_str(), *txid)).collect();
-    let mut found = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let text: String = row.try_get("txid")?;
-        let Some(txid) = by_text.get(text.as_str()) else {
-            return Err(StoreError::CorruptRow {
-                table: "txns",
-                key: text,
-                problem: "returned for a txid that was not asked for".into(),
-            });
-        };
-        found.insert(text, decode(txid, row));
-    }
-    Ok(found)
 }
 
 /// A `txns` row to insert, as the JSON the multi-row INSERT reads.
