@@ -63,11 +63,19 @@ impl Backend {
         }
     }
 
-    /// Writer tasks when none are configured: SQLite has one writer at a time.
+    /// Writer tasks when none are configured: one for either backend.
+    /// SQLite has one writer at a time. On PostgreSQL a batch costs the
+    /// server a few statements whatever its size (`store::readahead`,
+    /// `store::script`), so one lane taking everything that waits makes
+    /// the fewest statements per booking; more lanes split the same load
+    /// into smaller batches. `bookctl bench --db postgres`, 2026-11-24,
+    /// (a) at 64 clients: 2,729 bookings/s with 1 lane, 1,912 with 2,
+    /// 1,642 with 3, ~1,500 with 4, 1,137 with 8; 1 was also fastest at
+    /// 1, 16 and 256 clients. More lanes may pay where a round trip to the
+    /// server costs more than its work (a distant server): `--writers`.
     pub fn writers_default(self) -> usize {
         match self {
-            Backend::Sqlite => 1,
-            Backend::Postgres => 4,
+            Backend::Sqlite | Backend::Postgres => 1,
         }
     }
 }
@@ -353,7 +361,7 @@ mod tests {
             database: Some("postgres://u@h/db".into()),
             ..full()
         };
-        assert_eq!(pg.resolve().expect("valid").participant.writers, 4);
+        assert_eq!(pg.resolve().expect("valid").participant.writers, 1);
     }
 
     #[test]

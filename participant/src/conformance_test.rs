@@ -51,6 +51,11 @@ impl Harness {
     async fn open(url: &str, dir: Option<tempfile::TempDir>) -> Harness {
         let mut config = Config::new("s0", url, PARTITIONS).expect("valid config");
         config.owned_partitions = [0].into();
+        if config.backend == crate::config::Backend::Postgres {
+            // Several lanes, as `--writers 4` runs them: concurrent local
+            // transactions pick seats past each other's locks (SKIP LOCKED).
+            config.writers = 4;
+        }
         let store = Store::open(&config).await.expect("open store");
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let metrics = metrics::with_local_recorder(&recorder, Metrics::register);

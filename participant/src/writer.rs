@@ -1,6 +1,5 @@
 //! The batching writers (group commit for the shard database). Each RPC
-//! enqueues its operation; W writer lanes (1 for SQLite, more for
-//! PostgreSQL) each take ALL operations waiting at that moment (up to
+//! enqueues its operation; W writer lanes (`--writers`, default 1) each take ALL operations waiting at that moment (up to
 //! `BATCH_OPS_MAX`), apply them in one local transaction (one fsync), and
 //! only after the local commit answer every caller.
 //!
@@ -286,6 +285,9 @@ mod tests {
         let commits = fences_through(4, 24).await;
         assert!(commits >= 6.0, "24 ops in batches of at most 4: {commits}");
         let batched = fences_through(BATCH_OPS_MAX, 24).await;
-        assert!(batched >= 1.0 && batched <= commits, "{batched} vs {commits}");
+        assert!(
+            batched >= 1.0 && batched <= commits,
+            "{batched} vs {commits}"
+        );
     }
 }

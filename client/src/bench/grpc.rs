@@ -34,6 +34,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const CREATES_IN_FLIGHT: usize = 64;
 /// The participants' switch for the naive variant (`participant serve --batch-max`).
 const BATCH_MAX_ENV: &str = "PARTICIPANT_BATCH_MAX";
+/// The participants' writer lanes (`participant serve --writers`).
+const WRITERS_ENV: &str = "PARTICIPANT_WRITERS";
+/// Writer lanes of the naive variant on PostgreSQL: one local commit per
+/// message, but not one at a time (a naive participant commits each
+/// request on a connection of its own); the shipped default is one lane,
+/// which batches instead.
+const NAIVE_POSTGRES_WRITERS: &str = "4";
 
 /// How the cluster is configured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +68,7 @@ impl ClusterSystem {
         kind: ClusterKind,
         extra_settings: &[(&str, &str)],
     ) -> Result<ClusterSystem, BenchError> {
+        let on_postgres = matches!(backend, Backend::Postgres(_));
         let mut spec = ClusterSpec::new(bin_dir, data_dir);
         spec.backend = backend;
         spec.env.push(("RUST_LOG".into(), "warn".into()));
@@ -70,6 +78,10 @@ impl ClusterSystem {
             spec.coordinator_settings
                 .push(("batch_calls".into(), "false".into()));
             spec.env.push((BATCH_MAX_ENV.into(), "1".into()));
+            if on_postgres {
+                spec.env
+                    .push((WRITERS_ENV.into(), NAIVE_POSTGRES_WRITERS.into()));
+            }
         }
         for (key, value) in extra_settings {
             spec.coordinator_settings

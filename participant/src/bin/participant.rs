@@ -59,8 +59,8 @@ struct ServeArgs {
     /// How long a txid may stay prepared before the coordinator is asked (default 2000).
     #[arg(long)]
     in_doubt_after_ms: Option<u64>,
-    /// Writer tasks (default 1 for SQLite, 4 for PostgreSQL).
-    #[arg(long)]
+    /// Writer tasks (default 1; more may pay on PostgreSQL far from the participant).
+    #[arg(long, env = "PARTICIPANT_WRITERS")]
     writers: Option<usize>,
     /// Serve Prometheus metrics on http://<ip:port>/metrics, e.g. 127.0.0.1:9101.
     #[arg(long)]
