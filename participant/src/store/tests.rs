@@ -443,6 +443,51 @@ async fn checkpoints_keep_the_wal_from_growing() {
 }
 
 /// `rounds` batches of 8 fresh PREPAREs over flights W-00..W-19.
+/// Under sustained load the checkpointer runs while the lane writes, and
+/// cannot copy the frames the lane adds meanwhile, so no batch could start
+/// the WAL over and it grew without bound. Past the restart size the lane
+/// copies the rest itself before its next batch, which then starts the WAL
+/// over. A reader's open snapshot stands in here for the racing batches: a
+/// checkpoint copies no frame past it.
+#[tokio::test]
+async fn a_long_wal_starts_over_although_the_lane_never_pauses() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(&dir).await;
+    store.set_wal_restart_frames(16);
+    let flights: Vec<Op> = (0..20)
+        .map(|f| flight(&format!("W-{f:02}"), 30, "ABCDEF"))
+        .collect();
+    store.apply_batch(&flights).await.expect("flights");
+    let mut n = 0;
+    prepare_rounds(&store, &mut n, 10).await;
+    let mut reader = store.pool().acquire().await.expect("connection");
+    sqlx::query("BEGIN")
+        .execute(&mut *reader)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT COUNT(*) FROM txns")
+        .fetch_one(&mut *reader)
+        .await
+        .expect("read");
+    prepare_rounds(&store, &mut n, 10).await;
+    let (frames, copied) = store.checkpoint().await.expect("checkpoint");
+    assert!(
+        frames >= 16 && copied < frames,
+        "the frames after the reader's snapshot stay: {copied} of {frames} copied"
+    );
+    sqlx::query("COMMIT")
+        .execute(&mut *reader)
+        .await
+        .expect("commit");
+    drop(reader);
+    prepare_rounds(&store, &mut n, 1).await;
+    let (after, copied) = store.checkpoint().await.expect("checkpoint");
+    assert!(
+        after < frames / 4 && copied == after,
+        "the next batch starts the WAL over: {frames} frames, then {after} ({copied} copied)"
+    );
+}
+
 async fn prepare_rounds(store: &Store, n: &mut u32, rounds: u32) {
     for _ in 0..rounds {
         let ops: Vec<Op> = (0..8)
