@@ -80,7 +80,8 @@ pub struct Batch<'c> {
 }
 
 impl<'c> Batch<'c> {
-    /// Reads ahead what `ops` will look at.
+    /// Reads ahead what `ops` will look at. On SQLite this also begins the
+    /// local transaction; on PostgreSQL the caller has.
     pub async fn open(
         conn: &'c mut AnyConnection,
         backend: Backend,
@@ -146,9 +147,9 @@ impl<'c> Batch<'c> {
         (wanted, demand)
     }
 
-    /// SQLite: records, flights and free seats in one statement
-    /// (`readahead::read`). The bookings of every txid count, since the
-    /// records are not known yet.
+    /// SQLite: BEGIN IMMEDIATE, then records, flights and free seats in
+    /// one statement (`readahead::begin_and_read`). The bookings of every
+    /// txid count, since the records are not known yet.
     async fn read_ahead(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         let txids = Self::txids(ops);
         let (flight_ids, demand) = Self::flights_of(ops, |_| true);
@@ -165,7 +166,8 @@ impl<'c> Batch<'c> {
             .max()
             .unwrap_or(1)
             .clamp(1, READ_AHEAD_SEATS_MAX);
-        let found = readahead::read(self.conn, &txids, &flight_ids, &free_of, limit).await?;
+        let found =
+            readahead::begin_and_read(self.conn, &txids, &flight_ids, &free_of, limit).await?;
         self.remember_txns(&txids, found.txns);
         self.remember_flights(&flight_ids, found.flights, found.free, |seats| {
             seats < limit

@@ -6,7 +6,8 @@
 //! in-doubt sweep use the pool directly.
 //!
 //! Durability order of a batch:
-//! 1. BEGIN (IMMEDIATE on SQLite: take the write lock up front);
+//! 1. BEGIN (IMMEDIATE on SQLite: take the write lock up front, in the
+//!    same round trip as the batch's first read);
 //! 2. apply each operation in order: check every leg, then write (seats,
 //!    then txns) — into the batch's view (`batch.rs`), which reads ahead
 //!    and sends the writes as multi-row statements, all before the commit;
@@ -208,16 +209,33 @@ impl Store {
             .push(conn);
     }
 
+    /// One local transaction. SQLite: BEGIN IMMEDIATE goes with the batch's
+    /// first statement (`Batch::open`) and COMMIT on its own; after an
+    /// error the caller closes the connection, which rolls back whatever is
+    /// open. PostgreSQL: sqlx's transaction.
     async fn apply_on(&self, conn: &mut AnyConnection, ops: &[Op]) -> Result<Applied, StoreError> {
-        let mut tx = match self.backend {
-            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => conn.begin().await?,
-        };
+        match self.backend {
+            Backend::Sqlite => {
+                let applied = self.apply_in(conn, ops).await?;
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                Ok(applied)
+            }
+            Backend::Postgres => {
+                let mut tx = conn.begin().await?;
+                let applied = self.apply_in(&mut tx, ops).await?;
+                tx.commit().await?;
+                Ok(applied)
+            }
+        }
+    }
+
+    /// Every op of the batch, up to (not including) the local commit.
+    async fn apply_in(&self, conn: &mut AnyConnection, ops: &[Op]) -> Result<Applied, StoreError> {
         let ctx = Ctx {
             shard: &self.shard,
             now_ms: now_ms(),
         };
-        let mut batch = batch::Batch::open(&mut tx, self.backend, ctx.now_ms, ops).await?;
+        let mut batch = batch::Batch::open(conn, self.backend, ctx.now_ms, ops).await?;
         let mut results = Vec::with_capacity(ops.len());
         let mut prepared_change = 0;
         for op in ops {
@@ -229,7 +247,6 @@ impl Store {
         if ops.iter().any(|op| matches!(op, Op::Compensate(_))) {
             crate::failpoints::crash_point("participant::before_compensation_commit");
         }
-        tx.commit().await?;
         Ok(Applied {
             results,
             prepared_change,

@@ -4,8 +4,9 @@
 //! three JSON arrays, so the batch pays one round trip and one row, not one
 //! per record or per flight.
 //!
-//! - SQLite (`read`): one writer holds the database (`BEGIN IMMEDIATE`),
-//!   so the free seats are read for every booking of the batch.
+//! - SQLite (`begin_and_read`, which also begins the transaction): one
+//!   writer holds the database (`BEGIN IMMEDIATE`), so the free seats are
+//!   read for every booking of the batch.
 //! - PostgreSQL (`read_postgres`): the free seats are picked and locked
 //!   (`FOR UPDATE SKIP LOCKED`, so concurrent writer lanes take different
 //!   seats) only for the bookings of txids without a `txns` row, found in
@@ -15,10 +16,11 @@
 
 use std::collections::HashMap;
 
+use futures::TryStreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, Either, Executor, Row};
 
 use super::flights::{self, FlightRow};
 use super::json_text;
@@ -41,7 +43,11 @@ pub struct Found {
 
 /// Reads the records of `txids`, the rows of `flight_ids`, and up to
 /// `seats` free seats of each of `free_of`.
-pub async fn read(
+///
+/// It also BEGINs the batch's transaction (IMMEDIATE: the write lock up
+/// front) in the same round trip to sqlx's worker thread: at one client
+/// each round trip there and back took 100–170 µs, a fifth of a batch.
+pub async fn begin_and_read(
     conn: &mut AnyConnection,
     txids: &[&TxnId],
     flight_ids: &[&str],
@@ -49,8 +55,9 @@ pub async fn read(
     seats: usize,
 ) -> Result<Found, StoreError> {
     let texts: Vec<&str> = txids.iter().map(|txid| txid.as_str()).collect();
-    let row = sqlx::query(
-        "SELECT \
+    let query = sqlx::query(
+        "BEGIN IMMEDIATE; \
+         SELECT \
          (SELECT json_group_array(json_array(txid, state, kind, itinerary_legs, legs, refusal, \
           updated_at)) FROM txns WHERE txid IN (SELECT value FROM json_each($1))) AS txns, \
          (SELECT json_group_array(json_array(flight_id, seat_rows, letters, capacity)) \
@@ -62,9 +69,28 @@ pub async fn read(
     .bind(json_text(&texts))
     .bind(json_text(flight_ids))
     .bind(json_text(free_of))
-    .bind(seats as i64)
-    .fetch_one(&mut *conn)
-    .await?;
+    .bind(seats as i64);
+    let mut rows = Vec::with_capacity(1);
+    let mut done = 0;
+    let mut stream = conn.fetch_many(query);
+    while let Some(item) = stream.try_next().await? {
+        match item {
+            Either::Left(_) => done += 1,
+            Either::Right(row) => rows.push(row),
+        }
+    }
+    drop(stream);
+    let [row] = <[AnyRow; 1]>::try_from(rows).map_err(|rows| {
+        StoreError::Database(sqlx::Error::Protocol(format!(
+            "BEGIN and the read-ahead reported {done} statements and {} rows, not 2 and 1",
+            rows.len()
+        )))
+    })?;
+    if done != 2 {
+        return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+            "BEGIN and the read-ahead reported {done} statements, not 2"
+        ))));
+    }
     decode(&row, txids)
 }
 
