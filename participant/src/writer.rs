@@ -1,6 +1,7 @@
 //! The batching writers (group commit for the shard database). Each RPC
-//! enqueues its operation; W writer lanes (`--writers`, default 1) each take ALL operations waiting at that moment (up to
-//! `BATCH_OPS_MAX`), apply them in one local transaction (one fsync), and
+//! enqueues its operation; W writer lanes (`--writers`, default 1) each
+//! take ALL operations waiting at that moment (up to `BATCH_OPS_MAX`), apply
+//! them in one local transaction (one fsync), and
 //! only after the local commit answer every caller.
 //!
 //! Every operation of one txid (or one flight, for CREATE_FLIGHT) goes to the

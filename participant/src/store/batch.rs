@@ -120,10 +120,10 @@ impl<'c> Batch<'c> {
     /// The distinct flights that the bookings and CREATE_FLIGHTs of `ops`
     /// name, and the seats that the bookings of txids for which `reserves`
     /// is true ask for, per flight.
-    fn flights_of<'o>(
-        ops: &'o [Op],
+    fn flights_of(
+        ops: &[Op],
         reserves: impl Fn(&TxnId) -> bool,
-    ) -> (Vec<&'o str>, HashMap<String, usize>) {
+    ) -> (Vec<&str>, HashMap<String, usize>) {
         let mut wanted: Vec<&str> = Vec::new();
         let mut demand: HashMap<String, usize> = HashMap::new();
         for op in ops {
@@ -463,12 +463,15 @@ impl<'c> Batch<'c> {
         let mut script = Script::default();
         // A txid that claims seats and moves them in one flush (PREPARE
         // then ABORT in one batch) needs the move to see the claim.
-        if self
-            .moves
-            .iter()
-            .any(|m| self.claims.iter().any(|c| c.txid == m.txid.as_str()))
-        {
-            script.separate();
+        if !self.moves.is_empty() && !self.claims.is_empty() {
+            let claiming: HashSet<&str> = self.claims.iter().map(|c| c.txid.as_str()).collect();
+            if self
+                .moves
+                .iter()
+                .any(|m| claiming.contains(m.txid.as_str()))
+            {
+                script.separate();
+            }
         }
         let claims = (!self.claims.is_empty())
             .then(|| seats::push_claims(&mut script, backend, &self.claims));

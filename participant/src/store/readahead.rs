@@ -12,7 +12,12 @@
 //!   seats) only for the bookings of txids without a `txns` row, found in
 //!   the same statement: a repeated PREPARE, which takes no seat, locks
 //!   none that another lane's booking could take. It used to be one
-//!   statement per flight after one per table, each a round trip.
+//!   statement per flight after one per table, each a round trip. With
+//!   several lanes (`--writers` > 1), the seats of every leg of a new
+//!   booking are locked up front, also those of a leg after one that is
+//!   refused; until the batch commits another lane skips them, and may
+//!   answer sold out for a nearly full flight. One lane (the default)
+//!   has no other lane to skip them.
 
 use std::collections::HashMap;
 

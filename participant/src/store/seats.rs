@@ -239,7 +239,7 @@ pub fn check_moves(
     let counts = &outcomes[statements.counts];
     let text = counts.text.as_deref().unwrap_or("[]");
     let counted: Vec<(String, String, i64)> =
-        serde_json::from_str(&text).map_err(|e| StoreError::CorruptRow {
+        serde_json::from_str(text).map_err(|e| StoreError::CorruptRow {
             table: "seats",
             key: "seat counts per txid".into(),
             problem: format!("{e} in {text}"),

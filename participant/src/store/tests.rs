@@ -260,6 +260,25 @@ async fn a_row_count_mismatch_fails_the_whole_batch(store: &Store) {
         .await
         .expect("read");
     assert_eq!(kind, TxnKind::TwoPhase.as_str());
+    // The failed batch left no transaction or write lock behind: the next
+    // batch on the same store commits.
+    let applied = store
+        .apply_batch(&[Op::Prepare(booking(3, "AB1", SeatChoice::Count(1)))])
+        .await
+        .expect("the next batch commits");
+    assert!(
+        matches!(&applied.results[0], Ok(Reply::Vote(Vote::Yes(_)))),
+        "{:?}",
+        applied.results[0]
+    );
+    assert_eq!(
+        store
+            .txn_row(&txid(3))
+            .await
+            .expect("read")
+            .map(|r| r.state),
+        Some(TxnState::Prepared)
+    );
 }
 
 // The `participant_prepared` gauge follows the batches' prepared_change, and
