@@ -45,6 +45,18 @@ fn flight(id: &str, rows: u32, letters: &str) -> Op {
     })
 }
 
+/// Every seat of `flight` as (seat_no, state, txid), in seat_index order.
+async fn seat_rows(store: &Store, flight: &str) -> Vec<(String, String, Option<String>)> {
+    sqlx::query("SELECT seat_no, state, txid FROM seats WHERE flight_id = $1 ORDER BY seat_index")
+        .bind(flight)
+        .fetch_all(store.pool())
+        .await
+        .expect("read")
+        .iter()
+        .map(|r| (r.get("seat_no"), r.get("state"), r.get("txid")))
+        .collect()
+}
+
 async fn one(store: &Store, op: Op) -> OpResult {
     store
         .apply_batch(&[op])
@@ -194,16 +206,7 @@ async fn a_no_vote_in_the_middle_of_a_batch_disturbs_no_other_op(store: &Store) 
         vec!["1A", "1B"],
         "a repeat inside the batch sees the first"
     );
-    let rows = sqlx::query(
-        "SELECT seat_no, state, txid FROM seats WHERE flight_id = 'AB1' ORDER BY seat_index",
-    )
-    .fetch_all(store.pool())
-    .await
-    .expect("read");
-    let states: Vec<(String, String, Option<String>)> = rows
-        .iter()
-        .map(|r| (r.get("seat_no"), r.get("state"), r.get("txid")))
-        .collect();
+    let states = seat_rows(store, "AB1").await;
     let t = |n| Some(txid(n).to_string());
     assert_eq!(
         states,
@@ -341,16 +344,7 @@ async fn a_txid_prepared_and_aborted_in_one_batch_holds_nothing(store: &Store) {
         "{:?}",
         results[3]
     );
-    let rows = sqlx::query(
-        "SELECT seat_no, state, txid FROM seats WHERE flight_id = 'AB2' ORDER BY seat_index",
-    )
-    .fetch_all(store.pool())
-    .await
-    .expect("read");
-    let states: Vec<(String, String, Option<String>)> = rows
-        .iter()
-        .map(|r| (r.get("seat_no"), r.get("state"), r.get("txid")))
-        .collect();
+    let states = seat_rows(store, "AB2").await;
     assert_eq!(
         states,
         vec![
