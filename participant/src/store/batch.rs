@@ -118,12 +118,8 @@ impl<'c> Batch<'c> {
     }
 
     /// The distinct flights that the bookings and CREATE_FLIGHTs of `ops`
-    /// name, and the seats that the bookings of txids for which `reserves`
-    /// is true ask for, per flight.
-    fn flights_of(
-        ops: &[Op],
-        reserves: impl Fn(&TxnId) -> bool,
-    ) -> (Vec<&str>, HashMap<String, usize>) {
+    /// name, and the seats their bookings ask for per flight.
+    fn flights_of(ops: &[Op]) -> (Vec<&str>, HashMap<String, usize>) {
         let mut wanted: Vec<&str> = Vec::new();
         let mut demand: HashMap<String, usize> = HashMap::new();
         for op in ops {
@@ -132,9 +128,7 @@ impl<'c> Batch<'c> {
                     for leg in &booking.legs {
                         wanted.push(&leg.flight_id);
                         if let SeatChoice::Count(count) = leg.seats {
-                            if reserves(&booking.txid) {
-                                *demand.entry(leg.flight_id.clone()).or_default() += count;
-                            }
+                            *demand.entry(leg.flight_id.clone()).or_default() += count;
                         }
                     }
                 }
@@ -152,7 +146,7 @@ impl<'c> Batch<'c> {
     /// txid count, since the records are not known yet.
     async fn read_ahead(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         let txids = Self::txids(ops);
-        let (flight_ids, demand) = Self::flights_of(ops, |_| true);
+        let (flight_ids, demand) = Self::flights_of(ops);
         self.demand = demand;
         let free_of: Vec<&str> = flight_ids
             .iter()
@@ -180,7 +174,7 @@ impl<'c> Batch<'c> {
     /// (`readahead::read_postgres`).
     async fn read_ahead_postgres(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         let txids = Self::txids(ops);
-        let (flight_ids, _) = Self::flights_of(ops, |_| true);
+        let (flight_ids, _) = Self::flights_of(ops);
         let mut demand = Vec::new();
         for op in ops {
             if let Op::Prepare(booking) | Op::BookLocal(booking) = op {
@@ -197,11 +191,14 @@ impl<'c> Batch<'c> {
         }
         let found = readahead::read_postgres(self.conn, &txids, &flight_ids, &demand).await?;
         self.remember_txns(&txids, found.txns);
-        // The same demand as the statement's: the bookings of new txids.
-        let (_, demand) = Self::flights_of(ops, |txid| {
-            matches!(self.txns.get(txid.as_str()), Some(Slot::Absent))
-        });
-        self.demand = demand;
+        // The statement's demand: the legs of txids without a record.
+        let mut wanted: HashMap<String, usize> = HashMap::new();
+        for leg in &demand {
+            if matches!(self.txns.get(leg.txid), Some(Slot::Absent)) {
+                *wanted.entry(leg.flight_id.to_string()).or_default() += leg.n;
+            }
+        }
+        self.demand = wanted;
         // Other lanes may hold free seats locked: a short read proves nothing.
         self.remember_flights(&flight_ids, found.flights, found.free, |_| false);
         Ok(())

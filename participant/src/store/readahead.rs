@@ -21,15 +21,14 @@
 
 use std::collections::HashMap;
 
-use futures::TryStreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Either, Executor, Row};
+use sqlx::{AnyConnection, Row};
 
 use super::flights::{self, FlightRow};
-use super::json_text;
 use super::txns::{self, Columns};
+use super::{json_text, script};
 use crate::error::StoreError;
 use crate::model::{TxnId, TxnRecord};
 
@@ -75,27 +74,14 @@ pub async fn begin_and_read(
     .bind(json_text(flight_ids))
     .bind(json_text(free_of))
     .bind(seats as i64);
-    let mut rows = Vec::with_capacity(1);
-    let mut done = 0;
-    let mut stream = conn.fetch_many(query);
-    while let Some(item) = stream.try_next().await? {
-        match item {
-            Either::Left(_) => done += 1,
-            Either::Right(row) => rows.push(row),
-        }
-    }
-    drop(stream);
+    let mut results = script::each_statement(conn, query, 2).await?;
+    let (rows, _) = results.pop().expect("two statements give two results");
     let [row] = <[AnyRow; 1]>::try_from(rows).map_err(|rows| {
         StoreError::Database(sqlx::Error::Protocol(format!(
-            "BEGIN and the read-ahead reported {done} statements and {} rows, not 2 and 1",
+            "the read-ahead returned {} rows, not 1",
             rows.len()
         )))
     })?;
-    if done != 2 {
-        return Err(StoreError::Database(sqlx::Error::Protocol(format!(
-            "BEGIN and the read-ahead reported {done} statements, not 2"
-        ))));
-    }
     decode(&row, txids)
 }
 

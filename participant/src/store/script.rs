@@ -21,6 +21,7 @@
 //! database error stops the script and fails the batch.
 
 use futures::TryStreamExt;
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Either, Executor, Row};
 
 use crate::config::Backend;
@@ -181,7 +182,7 @@ impl Script {
 }
 
 /// A query with its arguments bound in order.
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 fn bind(mut query: AnyQuery<'_>, args: Vec<Arg>) -> AnyQuery<'_> {
     for arg in args {
@@ -201,42 +202,56 @@ async fn run(
     args: Vec<Arg>,
     kinds: &[Kind],
 ) -> Result<Vec<Outcome>, StoreError> {
-    let count = kinds.len();
-    let query = bind(sqlx::query(sql), args);
-    let mut outcomes = Vec::with_capacity(count);
-    let mut current = Outcome::default();
-    let mut rows = 0;
+    let results = each_statement(conn, bind(sqlx::query(sql), args), kinds.len()).await?;
+    results
+        .into_iter()
+        .zip(kinds)
+        .enumerate()
+        .map(|(i, ((rows, rows_affected), kind))| {
+            let text = match (kind, rows.as_slice()) {
+                (_, []) => None,
+                (Kind::Query, [row]) => row.try_get(0)?,
+                _ => {
+                    return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                        "statement {i} of a script returned rows it should not"
+                    ))))
+                }
+            };
+            Ok(Outcome {
+                rows_affected,
+                text,
+            })
+        })
+        .collect()
+}
+
+/// Runs a query string of `count` statements; each statement's rows and
+/// changed row count, in order.
+pub(super) async fn each_statement(
+    conn: &mut AnyConnection,
+    query: AnyQuery<'_>,
+    count: usize,
+) -> Result<Vec<(Vec<AnyRow>, u64)>, StoreError> {
+    let mut results = Vec::with_capacity(count);
+    let mut rows = Vec::new();
     // sqlx-sqlite runs every statement of a query string, binding `$N` by
     // number across them (sqlx calls this behaviour deprecated, in favour of
-    // argument-less `raw_sql`); the outcome count below fails loudly if a
+    // argument-less `raw_sql`); the count check below fails loudly if a
     // future sqlx stops doing so.
     let mut stream = conn.fetch_many(query);
     while let Some(item) = stream.try_next().await? {
         match item {
-            Either::Right(row) => {
-                rows += 1;
-                if rows > 1 || kinds.get(outcomes.len()) != Some(&Kind::Query) {
-                    return Err(StoreError::Database(sqlx::Error::Protocol(format!(
-                        "statement {} of a script returned rows it should not",
-                        outcomes.len()
-                    ))));
-                }
-                current.text = row.try_get(0)?;
-            }
-            Either::Left(done) => {
-                current.rows_affected = done.rows_affected();
-                outcomes.push(std::mem::take(&mut current));
-                rows = 0;
-            }
+            Either::Right(row) => rows.push(row),
+            Either::Left(done) => results.push((std::mem::take(&mut rows), done.rows_affected())),
         }
     }
-    if outcomes.len() != count {
+    if results.len() != count {
         return Err(StoreError::Database(sqlx::Error::Protocol(format!(
-            "a script of {count} statements reported {} outcomes",
-            outcomes.len()
+            "a query of {count} statements reported {} outcomes",
+            results.len()
         ))));
     }
-    Ok(outcomes)
+    Ok(results)
 }
 
 /// `sql` with every placeholder `$n` turned into `$(n + offset)`.
