@@ -97,13 +97,8 @@ pub fn push_set_states(
     to: TxnState,
     now_ms: i64,
 ) -> usize {
-    // `+state` keeps SQLite on the primary key rather than txns_by_state_age.
-    let state = match backend {
-        Backend::Sqlite => "+state",
-        Backend::Postgres => "state",
-    };
     let sql = format!(
-        "UPDATE txns SET state = $1, updated_at = $2 WHERE {} AND {state} = $4",
+        "UPDATE txns SET state = $1, updated_at = $2 WHERE {} AND state = $4",
         json_in(backend, "txid", 3)
     );
     let texts: Vec<&str> = txids.iter().map(|txid| txid.as_str()).collect();
