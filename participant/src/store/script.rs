@@ -98,6 +98,24 @@ impl Script {
         self.statements.is_empty()
     }
 
+    /// Tests: PostgreSQL's plan of each statement, as `EXPLAIN` prints it.
+    #[cfg(test)]
+    pub async fn explain(&self, conn: &mut AnyConnection) -> Result<Vec<String>, StoreError> {
+        let mut plans = Vec::with_capacity(self.statements.len());
+        for statement in &self.statements {
+            let sql = format!("EXPLAIN {}", statement.sql);
+            let rows = bind(sqlx::query(&sql), statement.args.clone())
+                .fetch_all(&mut *conn)
+                .await?;
+            let lines = rows
+                .iter()
+                .map(|row| row.try_get::<String, _>(0))
+                .collect::<Result<Vec<_>, _>>()?;
+            plans.push(lines.join("\n"));
+        }
+        Ok(plans)
+    }
+
     /// Runs every statement; one outcome per statement, in order.
     pub async fn run(
         self,

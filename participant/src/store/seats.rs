@@ -19,7 +19,7 @@ use sqlx::AnyConnection;
 use sqlx::Row;
 
 use super::script::{Arg, Outcome, Script};
-use super::{expect_rows, json_in, json_text};
+use super::{expect_rows, json_in, json_text, key_only};
 use crate::config::Backend;
 use crate::error::StoreError;
 use crate::model::{FlightMap, TxnId};
@@ -104,10 +104,11 @@ pub fn push_claims(script: &mut Script, backend: Backend, claims: &[Claim]) -> u
              AS c(flight_id text, seat_no text, state text, txid text, passenger text)"
         }
     };
+    let state = key_only(backend, "seats.state");
     let sql = format!(
         "UPDATE seats SET state = c.state, txid = c.txid, passenger = c.passenger \
          FROM {claimed} \
-         WHERE seats.flight_id = c.flight_id AND seats.seat_no = c.seat_no AND seats.state = 'free'"
+         WHERE seats.flight_id = c.flight_id AND seats.seat_no = c.seat_no AND {state} = 'free'"
     );
     script.push(sql, vec![Arg::Text(json_text(claims))])
 }

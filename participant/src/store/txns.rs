@@ -7,7 +7,7 @@ use sqlx::AnyConnection;
 use sqlx::Row;
 
 use super::script::{Arg, Outcome, Script};
-use super::{json_in, json_text, TxnRow};
+use super::{json_in, json_text, key_only, TxnRow};
 use crate::config::Backend;
 use crate::error::StoreError;
 use crate::model::{Refusal, TxnId, TxnKind, TxnRecord, TxnState};
@@ -98,8 +98,9 @@ pub fn push_set_states(
     now_ms: i64,
 ) -> usize {
     let sql = format!(
-        "UPDATE txns SET state = $1, updated_at = $2 WHERE {} AND state = $4",
-        json_in(backend, "txid", 3)
+        "UPDATE txns SET state = $1, updated_at = $2 WHERE {} AND {} = $4",
+        json_in(backend, "txid", 3),
+        key_only(backend, "state")
     );
     let texts: Vec<&str> = txids.iter().map(|txid| txid.as_str()).collect();
     let args = vec![
