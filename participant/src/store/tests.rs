@@ -121,6 +121,86 @@ async fn reopening_keeps_prepared_txids_and_reruns_no_migration() {
     );
 }
 
+/// A shard made before migration 0002 (whole-table indexes) keeps its
+/// holds and bookings when the participant that opens it swaps the
+/// indexes for the partial ones, and books and decides on them as before.
+#[tokio::test]
+async fn a_shard_made_before_the_partial_indexes_upgrades_in_place() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(&dir).await;
+    one(&store, flight("AB1", 2, "AB")).await.expect("created");
+    for n in [1, 2] {
+        one(&store, Op::Prepare(booking(n, "AB1", SeatChoice::Count(1))))
+            .await
+            .expect("voted");
+    }
+    one(&store, Op::Commit(txid(2))).await.expect("committed");
+    // Back to the schema of migration 0001, as an older participant left it.
+    let mut conn = store.pool().acquire().await.expect("connection");
+    for statement in [
+        "DROP INDEX seats_free",
+        "DROP INDEX seats_by_txid",
+        "DROP INDEX txns_prepared",
+        "CREATE INDEX seats_by_flight_state ON seats (flight_id, state, seat_index)",
+        "CREATE INDEX seats_by_txid ON seats (txid)",
+        "CREATE INDEX txns_by_state_age ON txns (state, updated_at)",
+        "DELETE FROM _sqlx_migrations WHERE version = 2",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    drop(conn);
+    store.close().await;
+
+    let store = open(&dir).await;
+    let indexes: Vec<String> = sqlx::query(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("read schema")
+    .iter()
+    .map(|row| row.get::<String, _>(0))
+    .collect();
+    assert_eq!(indexes, ["seats_by_txid", "seats_free", "txns_prepared"]);
+    let txid_index: String =
+        sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'seats_by_txid'")
+            .fetch_one(store.pool())
+            .await
+            .expect("read schema");
+    assert!(
+        txid_index.ends_with("WHERE txid IS NOT NULL"),
+        "{txid_index}"
+    );
+    assert_eq!(
+        store.in_doubt(now_ms() + 1, 10).await.expect("read"),
+        vec![txid(1)]
+    );
+    // Two free seats, found through the new index; the held one is decided.
+    one(&store, Op::Prepare(booking(3, "AB1", SeatChoice::Count(2))))
+        .await
+        .expect("voted");
+    one(&store, Op::Commit(txid(1))).await.expect("committed");
+    one(&store, Op::Abort(txid(3))).await.expect("aborted");
+    let seats = seat_rows(&store, "AB1").await;
+    let states: Vec<(&str, Option<String>)> = seats
+        .iter()
+        .map(|(_, state, txid)| (state.as_str(), txid.clone()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("booked", Some(txid(1).to_string())),
+            ("booked", Some(txid(2).to_string())),
+            ("free", None),
+            ("free", None),
+        ]
+    );
+    assert_eq!(store.count_prepared().await.expect("count"), 0);
+}
+
 /// Inside one local transaction, a seat released by a COMPENSATE (or an
 /// ABORT) can be taken by a later booking of the same batch, and only by
 /// one: the batch view re-reads free seats after a release.
