@@ -17,6 +17,9 @@ pub enum StoreError {
     // goes into gRPC statuses whole, and a chain would repeat it.
     #[error("database error: {0}")]
     Database(sqlx::Error),
+    /// SQLite, on a writer lane (`store/lane.rs`).
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
     #[error("running migrations: {0}")]
     Migrate(sqlx::migrate::MigrateError),
     #[error("{url}: {problem}")]
@@ -45,6 +48,12 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite(error)
+    }
+}
+
 impl From<sqlx::migrate::MigrateError> for StoreError {
     fn from(error: sqlx::migrate::MigrateError) -> StoreError {
         StoreError::Migrate(error)
@@ -55,13 +64,17 @@ impl StoreError {
     /// True for errors a retry of the whole batch may cure: deadlocks and
     /// serialization failures (PostgreSQL), a busy database (SQLite).
     pub fn is_transient(&self) -> bool {
-        let StoreError::Database(sqlx::Error::Database(db)) = self else {
-            return false;
-        };
-        matches!(
-            db.code().as_deref(),
-            Some("40P01" | "40001" | "55P03" | "5" | "6" | "261" | "517")
-        )
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => matches!(
+                db.code().as_deref(),
+                Some("40P01" | "40001" | "55P03" | "5" | "6" | "261" | "517")
+            ),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
+                failure.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            _ => false,
+        }
     }
 
     /// True when the error means this process has a bug or the data is

@@ -23,8 +23,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use sqlx::AnyConnection;
-
+use super::conn::Conn;
 use super::script::Script;
 use super::{flights, readahead, seats, txns};
 use crate::config::Backend;
@@ -62,7 +61,7 @@ struct FreeSeats {
 
 /// One local transaction's view of the shard; see the module docs.
 pub struct Batch<'c> {
-    conn: &'c mut AnyConnection,
+    conn: Conn<'c>,
     backend: Backend,
     now_ms: i64,
     txns: HashMap<String, Slot>,
@@ -83,7 +82,7 @@ impl<'c> Batch<'c> {
     /// Reads ahead what `ops` will look at. On SQLite this also begins the
     /// local transaction; on PostgreSQL the caller has.
     pub async fn open(
-        conn: &'c mut AnyConnection,
+        conn: Conn<'c>,
         backend: Backend,
         now_ms: i64,
         ops: &[Op],
@@ -161,7 +160,7 @@ impl<'c> Batch<'c> {
             .unwrap_or(1)
             .clamp(1, READ_AHEAD_SEATS_MAX);
         let found =
-            readahead::begin_and_read(self.conn, &txids, &flight_ids, &free_of, limit).await?;
+            readahead::begin_and_read(&mut self.conn, &txids, &flight_ids, &free_of, limit).await?;
         self.remember_txns(&txids, found.txns);
         self.remember_flights(&flight_ids, found.flights, found.free, |seats| {
             seats < limit
@@ -189,7 +188,7 @@ impl<'c> Batch<'c> {
                 }
             }
         }
-        let found = readahead::read_postgres(self.conn, &txids, &flight_ids, &demand).await?;
+        let found = readahead::read_postgres(&mut self.conn, &txids, &flight_ids, &demand).await?;
         self.remember_txns(&txids, found.txns);
         // The statement's demand: the legs of txids without a record.
         let mut wanted: HashMap<String, usize> = HashMap::new();
@@ -250,15 +249,15 @@ impl<'c> Batch<'c> {
 
     /// The connection, for statements outside the view (CREATE_FLIGHT);
     /// every pending seat write is sent first.
-    pub async fn conn(&mut self) -> Result<&mut AnyConnection, StoreError> {
+    pub async fn conn(&mut self) -> Result<&mut Conn<'c>, StoreError> {
         self.flush_seats().await?;
-        Ok(self.conn)
+        Ok(&mut self.conn)
     }
 
     /// The record of `txid`, if any, as the batch has left it so far.
     pub async fn txn(&mut self, txid: &TxnId) -> Result<Option<TxnRecord>, StoreError> {
         if !self.txns.contains_key(txid.as_str()) {
-            let slot = match txns::find(self.conn, txid).await? {
+            let slot = match txns::find(&mut self.conn, txid).await? {
                 Some(record) => Slot::Stored {
                     stored: record.state,
                     record,
@@ -334,7 +333,7 @@ impl<'c> Batch<'c> {
     /// The seat map of `flight_id`, if the flight exists.
     pub async fn flight(&mut self, flight_id: &str) -> Result<Option<FlightMap>, StoreError> {
         if !self.flights.contains_key(flight_id) {
-            let row = flights::find_row(self.conn, flight_id).await?;
+            let row = flights::find_row(&mut self.conn, flight_id).await?;
             self.flights.insert(flight_id.to_string(), row);
         }
         match &self.flights[flight_id] {
@@ -367,7 +366,7 @@ impl<'c> Batch<'c> {
                 self.flush_seats().await?;
             }
             let limit = count.max(demand);
-            let seats = seats::lowest_free(self.conn, self.backend, flight_id, limit).await?;
+            let seats = seats::lowest_free(&mut self.conn, self.backend, flight_id, limit).await?;
             let free = FreeSeats {
                 complete: self.backend == Backend::Sqlite && seats.len() < limit,
                 seats: seats.into(),
@@ -388,7 +387,7 @@ impl<'c> Batch<'c> {
         seat_nos: &[String],
     ) -> Result<HashMap<String, String>, StoreError> {
         self.flush_seats().await?;
-        seats::states(self.conn, self.backend, flight_id, seat_nos).await
+        seats::states(&mut self.conn, self.backend, flight_id, seat_nos).await
     }
 
     /// Takes a free seat for `txid` (`seats::claim`).
@@ -507,9 +506,9 @@ impl<'c> Batch<'c> {
         if script.is_empty() {
             return Ok(());
         }
-        let outcomes = script.run(self.conn, backend).await?;
+        let outcomes = script.run(&mut self.conn, backend).await?;
         if let Some(index) = claims {
-            seats::check_claims(self.conn, &self.claims, &outcomes[index]).await?;
+            seats::check_claims(&mut self.conn, &self.claims, &outcomes[index]).await?;
         }
         if let Some(statements) = &moves {
             seats::check_moves(&self.moves, statements, &outcomes)?;
@@ -518,7 +517,7 @@ impl<'c> Batch<'c> {
             txns::check_insert(&inserts, &outcomes[index])?;
         }
         for (to, txids, index) in &updates {
-            txns::check_set_states(self.conn, txids, *to, &outcomes[*index]).await?;
+            txns::check_set_states(&mut self.conn, txids, *to, &outcomes[*index]).await?;
         }
         self.claims.clear();
         self.moves.clear();

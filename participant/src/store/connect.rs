@@ -12,7 +12,7 @@
 //! connection for nearly every batch and started each one cold. With its
 //! own connection the lane keeps its cache and never waits behind a read.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
@@ -94,17 +94,7 @@ async fn configure(
     lane: Lane,
 ) -> Result<(), sqlx::Error> {
     let statements: Vec<String> = match backend {
-        Backend::Sqlite => vec![
-            "PRAGMA synchronous = FULL".into(),
-            format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"),
-            format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}"),
-            "PRAGMA temp_store = MEMORY".into(),
-            // The writer lane never checkpoints (it would pay for copying
-            // the WAL into the database file inside a batch); the
-            // participant's checkpointer task does, from a read connection
-            // (`Store::checkpoint`).
-            "PRAGMA wal_autocheckpoint = 0".into(),
-        ],
+        Backend::Sqlite => sqlite_pragmas(),
         Backend::Postgres => {
             let mut statements = vec!["SET synchronous_commit = on".into()];
             if lane == Lane::Write {
@@ -129,6 +119,34 @@ async fn configure(
         conn.execute(statement.as_str()).await?;
     }
     Ok(())
+}
+
+/// The settings of every SQLite connection, the writer lanes' own
+/// (`lane.rs`) included.
+pub fn sqlite_pragmas() -> Vec<String> {
+    vec![
+        "PRAGMA synchronous = FULL".into(),
+        format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"),
+        format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}"),
+        "PRAGMA temp_store = MEMORY".into(),
+        // No connection checkpoints by itself (a writer lane would pay for
+        // copying the WAL into the database file inside a batch); the
+        // participant's checkpointer task does, from a read connection
+        // (`Store::checkpoint`), and asks the lane to finish a long copy.
+        "PRAGMA wal_autocheckpoint = 0".into(),
+    ]
+}
+
+/// The file of a SQLite URL as `sqlite_url` returns it.
+pub fn sqlite_file(url: &str) -> Result<PathBuf, StoreError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .ok_or_else(|| StoreError::Url {
+            url: url.to_string(),
+            problem: "not a sqlite:// URL".into(),
+        })?;
+    let (path, _) = rest.split_once('?').unwrap_or((rest, ""));
+    Ok(PathBuf::from(path))
 }
 
 /// One connection before the pool: its error says why the database cannot

@@ -1,10 +1,9 @@
 //! The `flights` table: seat maps, and a flight's inventory (seat counts per
 //! state, checked against its capacity after reading).
 
-use sqlx::AnyConnection;
-use sqlx::Row;
-
-use super::{expect_rows, seats};
+use super::conn::{Col, Conn};
+use super::script::Arg;
+use super::{expect_count, seats};
 use crate::error::StoreError;
 use crate::model::FlightMap;
 use crate::op::Inventory;
@@ -29,10 +28,7 @@ impl FlightRow {
 }
 
 /// The seat map of `flight_id`, if the flight exists.
-pub async fn find(
-    conn: &mut AnyConnection,
-    flight_id: &str,
-) -> Result<Option<FlightMap>, StoreError> {
+pub async fn find(conn: &mut Conn<'_>, flight_id: &str) -> Result<Option<FlightMap>, StoreError> {
     find_row(conn, flight_id)
         .await?
         .map(|row| decode(flight_id, &row))
@@ -41,18 +37,23 @@ pub async fn find(
 
 /// The row of `flight_id`, if the flight exists; unchecked.
 pub async fn find_row(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     flight_id: &str,
 ) -> Result<Option<FlightRow>, StoreError> {
-    let row = sqlx::query("SELECT seat_rows, letters, capacity FROM flights WHERE flight_id = $1")
-        .bind(flight_id)
-        .fetch_optional(&mut *conn)
+    let row = conn
+        .fetch_optional(
+            "SELECT seat_rows, letters, capacity FROM flights WHERE flight_id = $1",
+            &[Arg::Text(flight_id.to_string())],
+            &[Col::Int, Col::Text, Col::Int],
+        )
         .await?;
     row.map(|row| {
+        let [seat_rows, letters, capacity] =
+            <[_; 3]>::try_from(row).expect("three columns asked for");
         Ok(FlightRow {
-            seat_rows: row.try_get("seat_rows")?,
-            letters: row.try_get("letters")?,
-            capacity: row.try_get("capacity")?,
+            seat_rows: seat_rows.int()?,
+            letters: letters.text()?,
+            capacity: capacity.int()?,
         })
     })
     .transpose()
@@ -80,22 +81,24 @@ pub fn decode(flight_id: &str, row: &FlightRow) -> Result<FlightMap, StoreError>
 }
 
 /// Inserts the flight row (its seats are inserted by `seats::insert_map`).
-pub async fn insert(conn: &mut AnyConnection, map: &FlightMap) -> Result<(), StoreError> {
-    let result = sqlx::query(
-        "INSERT INTO flights (flight_id, seat_rows, letters, capacity) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(map.flight_id.as_str())
-    .bind(i64::from(map.rows))
-    .bind(map.letters.as_str())
-    .bind(i64::from(map.capacity()))
-    .execute(&mut *conn)
-    .await?;
-    expect_rows(result, 1, "INSERT flights", &map.flight_id)
+pub async fn insert(conn: &mut Conn<'_>, map: &FlightMap) -> Result<(), StoreError> {
+    let changed = conn
+        .execute(
+            "INSERT INTO flights (flight_id, seat_rows, letters, capacity) VALUES ($1, $2, $3, $4)",
+            &[
+                Arg::Text(map.flight_id.clone()),
+                Arg::Int(i64::from(map.rows)),
+                Arg::Text(map.letters.clone()),
+                Arg::Int(i64::from(map.capacity())),
+            ],
+        )
+        .await?;
+    expect_count(changed, 1, "INSERT flights", &map.flight_id)
 }
 
 /// Seat counts of the flight (and its seats if asked for).
 pub async fn inventory(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     map: &FlightMap,
     include_seats: bool,
 ) -> Result<Inventory, StoreError> {

@@ -1,9 +1,11 @@
-//! The shard database: one code path over SQLite and PostgreSQL through the
-//! sqlx `Any` driver. This module owns the connection pool, the migrations
-//! and the batch: `apply_batch` applies a list of operations in ONE local
-//! transaction and returns their replies only after the local commit, so a
-//! reply never runs ahead of durability. Reads for the admin calls and the
-//! in-doubt sweep use the pool directly.
+//! The shard database: one code path over SQLite and PostgreSQL. This module
+//! owns the connection pools, the migrations and the batch: `apply_batch`
+//! applies a list of operations in ONE local transaction and returns their
+//! replies only after the local commit, so a reply never runs ahead of
+//! durability. A PostgreSQL batch runs on a sqlx connection; a SQLite batch
+//! on its writer lane's thread (`lane.rs`), the same statements over a
+//! connection of the lane's own (`conn.rs`). Reads for the admin calls and
+//! the in-doubt sweep use sqlx's pool directly.
 //!
 //! Durability order of a batch:
 //! 1. BEGIN (IMMEDIATE on SQLite: take the write lock up front, in the
@@ -23,21 +25,23 @@
 
 mod apply;
 mod batch;
+mod conn;
 mod connect;
 mod flights;
+mod lane;
 mod readahead;
 mod script;
 mod seats;
 mod txns;
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use sqlx::any::AnyQueryResult;
 use sqlx::{AnyConnection, AnyPool, Connection, Row};
+
+use conn::Conn;
 
 use crate::config::{Backend, Config};
 use crate::error::{Refused, StoreError};
@@ -79,11 +83,11 @@ pub struct TxnRow {
 /// The shard database of one participant.
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// The writer lanes' connections (`apply_batch`).
+    /// PostgreSQL: the writer lanes' connections (`apply_batch`). SQLite:
+    /// the migrations' only.
     write: AnyPool,
-    /// SQLite: the writer lanes' connections between batches, out of the
-    /// pool (see `take_writer`).
-    writers: Arc<HeldConnections>,
+    /// SQLite: the writer lanes (`lane.rs`).
+    lanes: Option<Arc<lane::Lanes>>,
     /// The reads' connections.
     pool: AnyPool,
     backend: Backend,
@@ -101,28 +105,23 @@ struct WalRestart {
     frames: AtomicI64,
 }
 
-/// Connections a store holds on to between batches.
-#[derive(Default)]
-struct HeldConnections(Mutex<Vec<AnyConnection>>);
-
-impl fmt::Debug for HeldConnections {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let held = self.0.lock().map_or(0, |held| held.len());
-        f.debug_struct("HeldConnections")
-            .field("held", &held)
-            .finish()
-    }
-}
-
 impl Store {
     /// Connects (creating a SQLite file if missing), sets the durability
     /// settings of every connection and runs the migrations.
     pub async fn open(config: &Config) -> Result<Store, StoreError> {
         let pools = connect::pools(config).await?;
         connect::migrate(&pools.write).await?;
+        let lanes = match config.backend {
+            Backend::Sqlite => {
+                let url = connect::sqlite_url(&config.database_url)?;
+                let path = connect::sqlite_file(&url)?;
+                Some(Arc::new(lane::Lanes::new(path, config.name.clone())))
+            }
+            Backend::Postgres => None,
+        };
         Ok(Store {
             write: pools.write,
-            writers: Arc::default(),
+            lanes,
             pool: pools.read,
             backend: config.backend,
             shard: config.name.clone(),
@@ -152,105 +151,20 @@ impl Store {
     /// docs for the durability order. A refused op writes nothing and does
     /// not disturb the others; a database error fails the whole batch.
     pub async fn apply_batch(&self, ops: &[Op]) -> Result<Applied, StoreError> {
-        match self.backend {
-            Backend::Sqlite => {
-                let mut conn = self.take_writer().await?;
-                if self.wal.wanted.swap(false, Ordering::Relaxed) {
-                    // Between batches: no frame is being added now. A
-                    // failed checkpoint only leaves the WAL long.
-                    match wal_checkpoint(&mut conn).await {
-                        Ok((frames, copied)) => {
-                            tracing::debug!(frames, copied, "WAL checkpoint by the writer lane");
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, "WAL checkpoint by the writer lane failed")
-                        }
-                    }
-                }
-                let applied = self.apply_on(&mut conn, ops).await;
-                // After an error the connection is dropped (closed, which
-                // rolls back anything left open), not kept.
-                if applied.is_ok() {
-                    self.give_back_writer(conn);
-                }
-                applied
+        match &self.lanes {
+            Some(lanes) => {
+                let checkpoint = self.wal.wanted.swap(false, Ordering::Relaxed);
+                lanes.apply(ops, checkpoint).await
             }
-            Backend::Postgres => {
+            None => {
                 let mut conn = self.write.acquire().await?;
-                self.apply_on(&mut conn, ops).await
-            }
-        }
-    }
-
-    /// A SQLite writer connection: a held one, else a new one detached from
-    /// the pool. sqlx pings a connection each time it goes back into its
-    /// pool, a round trip to the connection's worker thread before the
-    /// lane's next batch can start; a held connection skips that (a SQLite
-    /// connection is a file in this process: there is nothing to test) and
-    /// keeps its page cache.
-    async fn take_writer(&self) -> Result<AnyConnection, StoreError> {
-        let held = self
-            .writers
-            .0
-            .lock()
-            .expect("no code panics while holding this lock")
-            .pop();
-        match held {
-            Some(conn) => Ok(conn),
-            None => Ok(self.write.acquire().await?.detach()),
-        }
-    }
-
-    fn give_back_writer(&self, conn: AnyConnection) {
-        self.writers
-            .0
-            .lock()
-            .expect("no code panics while holding this lock")
-            .push(conn);
-    }
-
-    /// One local transaction. SQLite: BEGIN IMMEDIATE goes with the batch's
-    /// first statement (`Batch::open`) and COMMIT on its own; after an
-    /// error the caller closes the connection, which rolls back whatever is
-    /// open. PostgreSQL: sqlx's transaction.
-    async fn apply_on(&self, conn: &mut AnyConnection, ops: &[Op]) -> Result<Applied, StoreError> {
-        match self.backend {
-            Backend::Sqlite => {
-                let applied = self.apply_in(conn, ops).await?;
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
-                Ok(applied)
-            }
-            Backend::Postgres => {
                 let mut tx = conn.begin().await?;
-                let applied = self.apply_in(&mut tx, ops).await?;
+                let applied =
+                    apply_ops(&mut Conn::Sqlx(&mut tx), self.backend, &self.shard, ops).await?;
                 tx.commit().await?;
                 Ok(applied)
             }
         }
-    }
-
-    /// Every op of the batch, up to (not including) the local commit.
-    async fn apply_in(&self, conn: &mut AnyConnection, ops: &[Op]) -> Result<Applied, StoreError> {
-        let ctx = Ctx {
-            shard: &self.shard,
-            now_ms: now_ms(),
-        };
-        let mut batch = batch::Batch::open(conn, self.backend, ctx.now_ms, ops).await?;
-        let mut results = Vec::with_capacity(ops.len());
-        let mut prepared_change = 0;
-        for op in ops {
-            let (result, change) = apply::apply_op(&mut batch, &ctx, op).await?;
-            results.push(result);
-            prepared_change += change;
-        }
-        batch.finish().await?;
-        if ops.iter().any(|op| matches!(op, Op::Compensate(_))) {
-            crate::failpoints::crash_point("participant::before_compensation_commit");
-        }
-        Ok(Applied {
-            results,
-            prepared_change,
-        })
     }
 
     /// A flight's inventory, or None if the flight does not exist.
@@ -260,6 +174,7 @@ impl Store {
         include_seats: bool,
     ) -> Result<Option<Inventory>, StoreError> {
         let mut conn = self.pool.acquire().await?;
+        let mut conn = Conn::Sqlx(&mut conn);
         let Some(map) = flights::find(&mut conn, flight_id).await? else {
             return Ok(None);
         };
@@ -330,20 +245,43 @@ impl Store {
 
     /// Waits for every connection to close.
     pub async fn close(&self) {
-        let held = std::mem::take(
-            &mut *self
-                .writers
-                .0
-                .lock()
-                .expect("no code panics while holding this lock"),
-        );
-        for conn in held {
-            // Closing only fails if the connection already broke: it is gone either way.
-            let _ = conn.close().await;
+        if let Some(lanes) = &self.lanes {
+            lanes.close().await;
         }
         self.write.close().await;
         self.pool.close().await;
     }
+}
+
+/// Every op of the batch, up to (not including) the local commit; on
+/// SQLite, BEGIN IMMEDIATE goes with the batch's first statement
+/// (`Batch::open`), on PostgreSQL the caller has begun.
+async fn apply_ops(
+    conn: &mut Conn<'_>,
+    backend: Backend,
+    shard: &str,
+    ops: &[Op],
+) -> Result<Applied, StoreError> {
+    let ctx = Ctx {
+        shard,
+        now_ms: now_ms(),
+    };
+    let mut batch = batch::Batch::open(conn.reborrow(), backend, ctx.now_ms, ops).await?;
+    let mut results = Vec::with_capacity(ops.len());
+    let mut prepared_change = 0;
+    for op in ops {
+        let (result, change) = apply::apply_op(&mut batch, &ctx, op).await?;
+        results.push(result);
+        prepared_change += change;
+    }
+    batch.finish().await?;
+    if ops.iter().any(|op| matches!(op, Op::Compensate(_))) {
+        crate::failpoints::crash_point("participant::before_compensation_commit");
+    }
+    Ok(Applied {
+        results,
+        prepared_change,
+    })
 }
 
 /// SQLite's passive checkpoint on `conn`: the frames in the WAL and how
@@ -403,13 +341,12 @@ fn json_text<T: Serialize>(items: &[T]) -> String {
 }
 
 /// Fails unless a statement changed exactly `expected` rows.
-fn expect_rows(
-    result: AnyQueryResult,
+fn expect_count(
+    actual: u64,
     expected: u64,
     statement: &'static str,
     key: &str,
 ) -> Result<(), StoreError> {
-    let actual = result.rows_affected();
     if actual != expected {
         return Err(StoreError::RowCount {
             statement,

@@ -21,16 +21,15 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
-use serde_json::Value;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
-
+use super::conn::{Col, Conn, Val};
 use super::flights::{self, FlightRow};
+use super::json_text;
+use super::script::Arg;
 use super::txns::{self, Columns};
-use super::{json_text, script};
 use crate::error::StoreError;
 use crate::model::{TxnId, TxnRecord};
+use serde::Serialize;
+use serde_json::Value;
 
 /// What the read-ahead found.
 #[derive(Debug, Default)]
@@ -46,43 +45,38 @@ pub struct Found {
 }
 
 /// Reads the records of `txids`, the rows of `flight_ids`, and up to
-/// `seats` free seats of each of `free_of`.
-///
-/// It also BEGINs the batch's transaction (IMMEDIATE: the write lock up
-/// front) in the same round trip to sqlx's worker thread: at one client
-/// each round trip there and back took 100–170 µs, a fifth of a batch.
+/// `seats` free seats of each of `free_of`, after BEGIN IMMEDIATE (the
+/// write lock up front). SQLite, on the writer lane's thread.
 pub async fn begin_and_read(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     txids: &[&TxnId],
     flight_ids: &[&str],
     free_of: &[&str],
     seats: usize,
 ) -> Result<Found, StoreError> {
+    conn.execute("BEGIN IMMEDIATE", &[]).await?;
     let texts: Vec<&str> = txids.iter().map(|txid| txid.as_str()).collect();
-    let query = sqlx::query(
-        "BEGIN IMMEDIATE; \
-         SELECT \
-         (SELECT json_group_array(json_array(txid, state, kind, itinerary_legs, legs, refusal, \
-          updated_at)) FROM txns WHERE txid IN (SELECT value FROM json_each($1))) AS txns, \
-         (SELECT json_group_array(json_array(flight_id, seat_rows, letters, capacity)) \
-          FROM flights WHERE flight_id IN (SELECT value FROM json_each($2))) AS flights, \
-         (SELECT json_group_array(json_array(s.flight_id, s.seat_index, s.seat_no)) \
-          FROM json_each($3) AS j JOIN seats AS s ON s.rowid IN (SELECT rowid FROM seats \
-          WHERE flight_id = j.value AND state = 'free' ORDER BY seat_index LIMIT $4)) AS free",
-    )
-    .bind(json_text(&texts))
-    .bind(json_text(flight_ids))
-    .bind(json_text(free_of))
-    .bind(seats as i64);
-    let mut results = script::each_statement(conn, query, 2).await?;
-    let (rows, _) = results.pop().expect("two statements give two results");
-    let [row] = <[AnyRow; 1]>::try_from(rows).map_err(|rows| {
-        StoreError::Database(sqlx::Error::Protocol(format!(
-            "the read-ahead returned {} rows, not 1",
-            rows.len()
-        )))
-    })?;
-    decode(&row, txids)
+    let args = [
+        Arg::Text(json_text(&texts)),
+        Arg::Text(json_text(flight_ids)),
+        Arg::Text(json_text(free_of)),
+        Arg::Int(seats as i64),
+    ];
+    let row = conn
+        .fetch_optional(
+            "SELECT \
+             (SELECT json_group_array(json_array(txid, state, kind, itinerary_legs, legs, refusal, \
+              updated_at)) FROM txns WHERE txid IN (SELECT value FROM json_each($1))) AS txns, \
+             (SELECT json_group_array(json_array(flight_id, seat_rows, letters, capacity)) \
+              FROM flights WHERE flight_id IN (SELECT value FROM json_each($2))) AS flights, \
+             (SELECT json_group_array(json_array(s.flight_id, s.seat_index, s.seat_no)) \
+              FROM json_each($3) AS j JOIN seats AS s ON s.rowid IN (SELECT rowid FROM seats \
+              WHERE flight_id = j.value AND state = 'free' ORDER BY seat_index LIMIT $4)) AS free",
+            &args,
+            &[Col::Text, Col::Text, Col::Text],
+        )
+        .await?;
+    decode(row, txids)
 }
 
 /// One booking leg's any-seat demand, for `read_postgres`.
@@ -97,14 +91,20 @@ pub struct Demand<'a> {
 /// and locks, per flight, the lowest free seats that the legs of `demand`
 /// whose txid has no record ask for.
 pub async fn read_postgres(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     txids: &[&TxnId],
     flight_ids: &[&str],
     demand: &[Demand<'_>],
 ) -> Result<Found, StoreError> {
     let texts: Vec<&str> = txids.iter().map(|txid| txid.as_str()).collect();
-    let row = sqlx::query(
-        "WITH known AS (SELECT txid, state, kind, itinerary_legs, legs, refusal, updated_at \
+    let args = [
+        Arg::Text(json_text(&texts)),
+        Arg::Text(json_text(flight_ids)),
+        Arg::Text(json_text(demand)),
+    ];
+    let row = conn
+        .fetch_optional(
+            "WITH known AS (SELECT txid, state, kind, itinerary_legs, legs, refusal, updated_at \
           FROM txns WHERE txid = ANY(ARRAY(SELECT json_array_elements_text($1::json)))), \
          demand AS (SELECT d.flight_id, SUM(d.n)::bigint AS n \
           FROM json_to_recordset($3::json) AS d(txid text, flight_id text, n bigint) \
@@ -122,20 +122,23 @@ pub async fn read_postgres(
           WHERE flight_id = ANY(ARRAY(SELECT json_array_elements_text($2::json)))) AS flights, \
          (SELECT COALESCE(json_agg(json_build_array(flight_id, seat_index, seat_no)), '[]')::text \
           FROM free) AS free",
-    )
-    .bind(json_text(&texts))
-    .bind(json_text(flight_ids))
-    .bind(json_text(demand))
-    .fetch_one(&mut *conn)
-    .await?;
-    decode(&row, txids)
+            &args,
+            &[Col::Text, Col::Text, Col::Text],
+        )
+        .await?;
+    decode(row, txids)
 }
 
 /// The three JSON arrays of a read-ahead row.
-fn decode(row: &AnyRow, txids: &[&TxnId]) -> Result<Found, StoreError> {
+fn decode(row: Option<Vec<Val>>, txids: &[&TxnId]) -> Result<Found, StoreError> {
+    let Some([txns_text, flights_text, free_text]) =
+        row.and_then(|row| <[Val; 3]>::try_from(row).ok())
+    else {
+        return Err(corrupt("read-ahead", "its one row"));
+    };
     let by_text: HashMap<&str, &TxnId> = txids.iter().map(|txid| (txid.as_str(), *txid)).collect();
     let mut found = Found::default();
-    for mut columns in arrays(&row.try_get::<String, _>("txns")?, "txns")? {
+    for mut columns in arrays(&txns_text.text()?, "txns")? {
         let text = take_text(&mut columns, 0).ok_or_else(|| corrupt("txns", "a txid"))?;
         let Some(txid) = by_text.get(text.as_str()) else {
             return Err(corrupt("txns", "a row for a txid that was not asked for"));
@@ -145,7 +148,7 @@ fn decode(row: &AnyRow, txids: &[&TxnId]) -> Result<Found, StoreError> {
             .and_then(|columns| txns::check(txid, columns));
         found.txns.insert(text, record);
     }
-    for mut columns in arrays(&row.try_get::<String, _>("flights")?, "flights")? {
+    for mut columns in arrays(&flights_text.text()?, "flights")? {
         let flight_id =
             take_text(&mut columns, 0).ok_or_else(|| corrupt("flights", "a flight_id"))?;
         let flight = (|| {
@@ -159,7 +162,7 @@ fn decode(row: &AnyRow, txids: &[&TxnId]) -> Result<Found, StoreError> {
         found.flights.insert(flight_id, flight);
     }
     let mut free: Vec<(String, i64, String)> = Vec::new();
-    for mut columns in arrays(&row.try_get::<String, _>("free")?, "seats")? {
+    for mut columns in arrays(&free_text.text()?, "seats")? {
         let seat = (|| {
             Some((
                 take_text(&mut columns, 0)?,

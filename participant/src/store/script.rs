@@ -1,11 +1,8 @@
-//! Statements a batch sends together, in one round trip either way.
+//! Statements a batch sends together.
 //!
-//! - SQLite: sqlx runs every statement on the connection's worker thread,
-//!   and each round trip there and back costs far more than a small
-//!   statement itself when the machine is busy; so a script goes as ONE
-//!   multi-statement query, each statement's `$N` placeholders renumbered
-//!   into one argument list, and each statement sees the writes of those
-//!   before it.
+//! - SQLite: the batch runs on its writer lane's thread (`lane.rs`), where a
+//!   statement costs no round trip: each statement runs on its own, in
+//!   order, each seeing the writes of those before it.
 //! - PostgreSQL (no multi-statement prepared queries): a script goes as ONE
 //!   statement, each of its statements a data-modifying CTE (`WITH s0 AS
 //!   (UPDATE ... RETURNING 1), s1 AS (...) SELECT (SELECT count(*) FROM s0),
@@ -20,10 +17,10 @@
 //! or its single text value (queries), in order, and checks them itself; a
 //! database error stops the script and fails the batch.
 
-use futures::TryStreamExt;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Either, Executor, Row};
+#[cfg(test)]
+use sqlx::{AnyConnection, Row};
 
+use super::conn::{Col, Conn, Val};
 use crate::config::Backend;
 use crate::error::StoreError;
 
@@ -119,44 +116,31 @@ impl Script {
     /// Runs every statement; one outcome per statement, in order.
     pub async fn run(
         self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn<'_>,
         backend: Backend,
     ) -> Result<Vec<Outcome>, StoreError> {
         match backend {
-            Backend::Sqlite => self.run_as_one(conn).await,
-            Backend::Postgres if self.separate || self.statements.len() == 1 => {
+            Backend::Postgres if !self.separate && self.statements.len() > 1 => {
+                self.run_fused(conn).await
+            }
+            Backend::Sqlite | Backend::Postgres => {
                 let mut outcomes = Vec::with_capacity(self.statements.len());
                 for statement in self.statements {
-                    let kinds = [statement.kind];
-                    let mut one = run(conn, &statement.sql, statement.args, &kinds).await?;
-                    outcomes.push(one.pop().expect("one statement gives one outcome"));
+                    outcomes.push(run_one(conn, &statement).await?);
                 }
                 Ok(outcomes)
             }
-            Backend::Postgres => self.run_fused(conn).await,
         }
-    }
-
-    async fn run_as_one(self, conn: &mut AnyConnection) -> Result<Vec<Outcome>, StoreError> {
-        let kinds: Vec<Kind> = self.statements.iter().map(|s| s.kind).collect();
-        let mut sql = String::new();
-        let mut args = Vec::new();
-        for statement in self.statements {
-            sql.push_str(&renumber(&statement.sql, args.len()));
-            sql.push_str(";\n");
-            args.extend(statement.args);
-        }
-        run(conn, &sql, args, &kinds).await
     }
 
     /// PostgreSQL: every statement as a CTE of one statement, whose one row
     /// holds each write's row count and each query's value.
-    async fn run_fused(self, conn: &mut AnyConnection) -> Result<Vec<Outcome>, StoreError> {
+    async fn run_fused(self, conn: &mut Conn<'_>) -> Result<Vec<Outcome>, StoreError> {
         let count = self.statements.len();
         let mut sql = String::from("WITH ");
         let mut select = String::from("SELECT ");
         let mut args = Vec::new();
-        let mut kinds = Vec::with_capacity(count);
+        let mut cols = Vec::with_capacity(count);
         for (i, statement) in self.statements.into_iter().enumerate() {
             if i > 0 {
                 sql.push_str(", ");
@@ -167,31 +151,33 @@ impl Script {
                 Kind::Write => {
                     sql.push_str(&format!("s{i} AS ({body} RETURNING 1)"));
                     select.push_str(&format!("(SELECT count(*) FROM s{i})"));
+                    cols.push(Col::Int);
                 }
                 Kind::Query => {
                     sql.push_str(&format!("s{i} AS ({body})"));
                     select.push_str(&format!("(SELECT * FROM s{i})::text"));
+                    cols.push(Col::Text);
                 }
             }
             args.extend(statement.args);
-            kinds.push(statement.kind);
         }
         sql.push(' ');
         sql.push_str(&select);
-        let row = bind(sqlx::query(&sql), args).fetch_one(&mut *conn).await?;
-        kinds
-            .iter()
-            .enumerate()
-            .map(|(i, kind)| {
-                Ok(match kind {
-                    Kind::Write => Outcome {
-                        rows_affected: u64::try_from(row.try_get::<i64, _>(i)?)
-                            .expect("count(*) is never negative"),
+        let Some(row) = conn.fetch_optional(&sql, &args, &cols).await? else {
+            return Err(StoreError::Database(sqlx::Error::Protocol(
+                "a fused script returned no row".into(),
+            )));
+        };
+        row.into_iter()
+            .map(|value| {
+                Ok(match value {
+                    Val::Int(count) => Outcome {
+                        rows_affected: u64::try_from(count).expect("count(*) is never negative"),
                         text: None,
                     },
-                    Kind::Query => Outcome {
+                    other => Outcome {
                         rows_affected: 0,
-                        text: row.try_get(i)?,
+                        text: other.opt_text()?,
                     },
                 })
             })
@@ -199,10 +185,33 @@ impl Script {
     }
 }
 
+/// One statement on its own: a write's changed rows, or a query's value.
+async fn run_one(conn: &mut Conn<'_>, statement: &Statement) -> Result<Outcome, StoreError> {
+    match statement.kind {
+        Kind::Write => Ok(Outcome {
+            rows_affected: conn.execute(&statement.sql, &statement.args).await?,
+            text: None,
+        }),
+        Kind::Query => {
+            let row = conn
+                .fetch_optional(&statement.sql, &statement.args, &[Col::Text])
+                .await?;
+            let text = match row {
+                Some(mut values) => values.pop().expect("one column").opt_text()?,
+                None => None,
+            };
+            Ok(Outcome {
+                rows_affected: 0,
+                text,
+            })
+        }
+    }
+}
+
 /// A query with its arguments bound in order.
 pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-fn bind(mut query: AnyQuery<'_>, args: Vec<Arg>) -> AnyQuery<'_> {
+pub(super) fn bind(mut query: AnyQuery<'_>, args: Vec<Arg>) -> AnyQuery<'_> {
     for arg in args {
         query = match arg {
             Arg::Text(text) => query.bind(text),
@@ -210,66 +219,6 @@ fn bind(mut query: AnyQuery<'_>, args: Vec<Arg>) -> AnyQuery<'_> {
         };
     }
     query
-}
-
-/// Runs `sql` (one statement per entry of `kinds`) and collects each
-/// statement's outcome.
-async fn run(
-    conn: &mut AnyConnection,
-    sql: &str,
-    args: Vec<Arg>,
-    kinds: &[Kind],
-) -> Result<Vec<Outcome>, StoreError> {
-    let results = each_statement(conn, bind(sqlx::query(sql), args), kinds.len()).await?;
-    results
-        .into_iter()
-        .zip(kinds)
-        .enumerate()
-        .map(|(i, ((rows, rows_affected), kind))| {
-            let text = match (kind, rows.as_slice()) {
-                (_, []) => None,
-                (Kind::Query, [row]) => row.try_get(0)?,
-                _ => {
-                    return Err(StoreError::Database(sqlx::Error::Protocol(format!(
-                        "statement {i} of a script returned rows it should not"
-                    ))))
-                }
-            };
-            Ok(Outcome {
-                rows_affected,
-                text,
-            })
-        })
-        .collect()
-}
-
-/// Runs a query string of `count` statements; each statement's rows and
-/// changed row count, in order.
-pub(super) async fn each_statement(
-    conn: &mut AnyConnection,
-    query: AnyQuery<'_>,
-    count: usize,
-) -> Result<Vec<(Vec<AnyRow>, u64)>, StoreError> {
-    let mut results = Vec::with_capacity(count);
-    let mut rows = Vec::new();
-    // sqlx-sqlite runs every statement of a query string, binding `$N` by
-    // number across them (sqlx calls this behaviour deprecated, in favour of
-    // argument-less `raw_sql`); the count check below fails loudly if a
-    // future sqlx stops doing so.
-    let mut stream = conn.fetch_many(query);
-    while let Some(item) = stream.try_next().await? {
-        match item {
-            Either::Right(row) => rows.push(row),
-            Either::Left(done) => results.push((std::mem::take(&mut rows), done.rows_affected())),
-        }
-    }
-    if results.len() != count {
-        return Err(StoreError::Database(sqlx::Error::Protocol(format!(
-            "a query of {count} statements reported {} outcomes",
-            results.len()
-        ))));
-    }
-    Ok(results)
 }
 
 /// `sql` with every placeholder `$n` turned into `$(n + offset)`.

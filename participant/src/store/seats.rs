@@ -14,24 +14,22 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
-use sqlx::AnyConnection;
-use sqlx::Row;
-
+use super::conn::{Col, Conn};
 use super::script::{Arg, Outcome, Script};
-use super::{expect_rows, json_in, json_text, key_only};
+use super::{expect_count, json_in, json_text, key_only};
 use crate::config::Backend;
 use crate::error::StoreError;
 use crate::model::{FlightMap, TxnId};
 use crate::op::SeatView;
 use crate::protocol::{SeatState, Transition};
+use serde::Serialize;
 
 /// Seat rows inserted per INSERT statement when a flight is created.
 const INSERT_ROWS_PER_STATEMENT: usize = 200;
 
 /// Up to `count` free seats of the flight, lowest seat_index first.
 pub async fn lowest_free(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     backend: Backend,
     flight_id: &str,
     count: usize,
@@ -43,20 +41,17 @@ pub async fn lowest_free(
     let sql = format!(
         "SELECT seat_no FROM seats WHERE flight_id = $1 AND state = 'free' ORDER BY seat_index LIMIT $2{lock}"
     );
-    let rows = sqlx::query(&sql)
-        .bind(flight_id)
-        .bind(count as i64)
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|row| row.try_get("seat_no"))
-        .collect::<Result<_, _>>()?)
+    let args = [Arg::Text(flight_id.to_string()), Arg::Int(count as i64)];
+    conn.fetch(&sql, &args, &[Col::Text])
+        .await?
+        .into_iter()
+        .map(|row| first(row).text())
+        .collect()
 }
 
 /// The state of each named seat that exists: seat_no → state.
 pub async fn states(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     backend: Backend,
     flight_id: &str,
     seat_nos: &[String],
@@ -70,14 +65,21 @@ pub async fn states(
         "SELECT seat_no, state FROM seats WHERE flight_id = $1 AND seat_no IN ({}) ORDER BY seat_index{lock}",
         placeholders.join(", ")
     );
-    let mut query = sqlx::query(&sql).bind(flight_id);
-    for seat_no in seat_nos {
-        query = query.bind(seat_no.as_str());
-    }
-    let rows = query.fetch_all(&mut *conn).await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get("seat_no")?, row.try_get("state")?)))
+    let mut args = vec![Arg::Text(flight_id.to_string())];
+    args.extend(seat_nos.iter().map(|seat_no| Arg::Text(seat_no.clone())));
+    conn.fetch(&sql, &args, &[Col::Text, Col::Text])
+        .await?
+        .into_iter()
+        .map(|row| {
+            let [seat_no, state] = <[_; 2]>::try_from(row).expect("two columns asked for");
+            Ok((seat_no.text()?, state.text()?))
+        })
         .collect()
+}
+
+/// The one column of a row.
+fn first(row: Vec<super::conn::Val>) -> super::conn::Val {
+    row.into_iter().next().expect("one column asked for")
 }
 
 /// One seat a batch takes for a txid: held or booked, with the passenger.
@@ -116,7 +118,7 @@ pub fn push_claims(script: &mut Script, backend: Backend, claims: &[Claim]) -> u
 /// Fails unless every seat of `claims` was taken, naming the first one
 /// that was not free (as one UPDATE per seat would have).
 pub async fn check_claims(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     claims: &[Claim],
     outcome: &Outcome,
 ) -> Result<(), StoreError> {
@@ -124,16 +126,20 @@ pub async fn check_claims(
         return Ok(());
     }
     for claim in claims {
-        let row =
-            sqlx::query("SELECT state, txid FROM seats WHERE flight_id = $1 AND seat_no = $2")
-                .bind(claim.flight_id.as_str())
-                .bind(claim.seat_no.as_str())
-                .fetch_optional(&mut *conn)
-                .await?;
-        let taken = match &row {
+        let row = conn
+            .fetch_optional(
+                "SELECT state, txid FROM seats WHERE flight_id = $1 AND seat_no = $2",
+                &[
+                    Arg::Text(claim.flight_id.clone()),
+                    Arg::Text(claim.seat_no.clone()),
+                ],
+                &[Col::Text, Col::Text],
+            )
+            .await?;
+        let taken = match row {
             Some(row) => {
-                let state: String = row.try_get("state")?;
-                let txid: Option<String> = row.try_get("txid")?;
+                let [state, txid] = <[_; 2]>::try_from(row).expect("two columns asked for");
+                let (state, txid) = (state.text()?, txid.opt_text()?);
                 state == claim.state && txid.as_deref() == Some(claim.txid.as_str())
             }
             None => false,
@@ -280,7 +286,7 @@ pub fn check_moves(
 }
 
 /// Inserts every seat of a new flight, free.
-pub async fn insert_map(conn: &mut AnyConnection, map: &FlightMap) -> Result<(), StoreError> {
+pub async fn insert_map(conn: &mut Conn<'_>, map: &FlightMap) -> Result<(), StoreError> {
     let seats: Vec<(u32, String)> = map.seats().collect();
     for chunk in seats.chunks(INSERT_ROWS_PER_STATEMENT) {
         let values: Vec<String> = (0..chunk.len())
@@ -290,45 +296,54 @@ pub async fn insert_map(conn: &mut AnyConnection, map: &FlightMap) -> Result<(),
             "INSERT INTO seats (flight_id, seat_no, seat_index, state) VALUES {}",
             values.join(", ")
         );
-        let mut query = sqlx::query(&sql).bind(map.flight_id.as_str());
+        let mut args = vec![Arg::Text(map.flight_id.clone())];
         for (index, seat_no) in chunk {
-            query = query.bind(seat_no.as_str()).bind(i64::from(*index));
+            args.push(Arg::Text(seat_no.clone()));
+            args.push(Arg::Int(i64::from(*index)));
         }
-        let result = query.execute(&mut *conn).await?;
-        expect_rows(result, chunk.len() as u64, "INSERT seats", &map.flight_id)?;
+        let changed = conn.execute(&sql, &args).await?;
+        expect_count(changed, chunk.len() as u64, "INSERT seats", &map.flight_id)?;
     }
     Ok(())
 }
 
 /// How many seats of the flight are in each state.
 pub async fn counts(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     flight_id: &str,
 ) -> Result<HashMap<String, i64>, StoreError> {
-    let rows =
-        sqlx::query("SELECT state, COUNT(*) AS n FROM seats WHERE flight_id = $1 GROUP BY state")
-            .bind(flight_id)
-            .fetch_all(&mut *conn)
-            .await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get("state")?, row.try_get("n")?)))
-        .collect()
+    conn.fetch(
+        "SELECT state, COUNT(*) AS n FROM seats WHERE flight_id = $1 GROUP BY state",
+        &[Arg::Text(flight_id.to_string())],
+        &[Col::Text, Col::Int],
+    )
+    .await?
+    .into_iter()
+    .map(|row| {
+        let [state, n] = <[_; 2]>::try_from(row).expect("two columns asked for");
+        Ok((state.text()?, n.int()?))
+    })
+    .collect()
 }
 
 /// Every seat of the flight in seat_index order.
-pub async fn rows(conn: &mut AnyConnection, flight_id: &str) -> Result<Vec<SeatView>, StoreError> {
-    let rows = sqlx::query("SELECT seat_no, state, txid, passenger FROM seats WHERE flight_id = $1 ORDER BY seat_index")
-        .bind(flight_id)
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(SeatView {
-                seat_no: row.try_get("seat_no")?,
-                state: row.try_get("state")?,
-                txid: row.try_get("txid")?,
-                passenger: row.try_get("passenger")?,
-            })
+pub async fn rows(conn: &mut Conn<'_>, flight_id: &str) -> Result<Vec<SeatView>, StoreError> {
+    conn.fetch(
+        "SELECT seat_no, state, txid, passenger FROM seats WHERE flight_id = $1 ORDER BY seat_index",
+        &[Arg::Text(flight_id.to_string())],
+        &[Col::Text, Col::Text, Col::Text, Col::Text],
+    )
+    .await?
+    .into_iter()
+    .map(|row| {
+        let [seat_no, state, txid, passenger] =
+            <[_; 4]>::try_from(row).expect("four columns asked for");
+        Ok(SeatView {
+            seat_no: seat_no.text()?,
+            state: state.text()?,
+            txid: txid.opt_text()?,
+            passenger: passenger.opt_text()?,
         })
-        .collect()
+    })
+    .collect()
 }

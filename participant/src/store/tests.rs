@@ -4,6 +4,8 @@
 //! cases also run on a throwaway PostgreSQL cluster (`batches_on_postgres`),
 //! whose batches read ahead and write in fused statements of their own.
 
+use std::time::Duration;
+
 use booking_proto::v1::AbortReason;
 use sqlx::Row;
 
@@ -364,6 +366,53 @@ async fn a_row_count_mismatch_fails_the_whole_batch(store: &Store) {
     );
 }
 
+/// A batch whose caller gave up waiting (its future dropped) commits whole
+/// or not at all, and leaves nothing that keeps the next batch from
+/// committing. On SQLite the lane's thread finishes the batch on its own
+/// (as after a crash between COMMIT and the reply, the protocol's retries
+/// find the vote); on PostgreSQL the dropped connection rolls it back.
+async fn a_batch_given_up_on_commits_whole_or_not_at_all(store: &Store) {
+    one(store, flight("AB1", 3, "AB")).await.expect("created");
+    let given_up = [
+        Op::Prepare(booking(1, "AB1", SeatChoice::Count(2))),
+        Op::Prepare(booking(2, "AB1", SeatChoice::Count(1))),
+    ];
+    // Polled once, then dropped: it cannot have committed by then.
+    let waited = futures::FutureExt::now_or_never(store.apply_batch(&given_up));
+    assert!(
+        waited.is_none(),
+        "the batch was given up on before its commit"
+    );
+    let applied = store
+        .apply_batch(&[Op::Prepare(booking(3, "AB1", SeatChoice::Count(1)))])
+        .await
+        .expect("the next batch commits");
+    assert!(
+        matches!(&applied.results[0], Ok(Reply::Vote(Vote::Yes(_)))),
+        "{:?}",
+        applied.results[0]
+    );
+    // Let a batch still running in the background finish, then look.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let held = |n: u32| {
+        let txid = txid(n).to_string();
+        async move {
+            let seats = seat_rows(store, "AB1").await;
+            seats
+                .iter()
+                .filter(|(_, state, holder)| state == "held" && holder.as_deref() == Some(&txid))
+                .count()
+        }
+    };
+    let first = (held(1).await, held(2).await);
+    let recorded = store.count_prepared().await.expect("count");
+    assert!(
+        (first == (2, 1) && recorded == 3) || (first == (0, 0) && recorded == 1),
+        "the given-up batch is half there: seats held {first:?}, prepared records {recorded}"
+    );
+    assert_eq!(held(3).await, 1);
+}
+
 // The `participant_prepared` gauge follows the batches' prepared_change, and
 // restarts from count_prepared: both must agree with the txns table.
 async fn prepared_change_counts_fresh_holds_and_decisions(store: &Store) {
@@ -490,6 +539,7 @@ batch_cases!(
     a_row_count_mismatch_fails_the_whole_batch,
     prepared_change_counts_fresh_holds_and_decisions,
     a_txid_prepared_and_aborted_in_one_batch_holds_nothing,
+    a_batch_given_up_on_commits_whole_or_not_at_all,
 );
 
 /// PostgreSQL: the batch statements that find their rows by key (seat

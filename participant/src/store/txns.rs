@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 use sqlx::Row;
 
+use super::conn::{Col, Conn};
 use super::script::{Arg, Outcome, Script};
 use super::{json_in, json_text, key_only, TxnRow};
 use crate::config::Backend;
@@ -13,14 +14,28 @@ use crate::error::StoreError;
 use crate::model::{Refusal, TxnId, TxnKind, TxnRecord, TxnState};
 
 /// The record of `txid`, if any.
-pub async fn find(conn: &mut AnyConnection, txid: &TxnId) -> Result<Option<TxnRecord>, StoreError> {
-    let row = sqlx::query(
-        "SELECT state, kind, itinerary_legs, legs, refusal, updated_at FROM txns WHERE txid = $1",
-    )
-    .bind(txid.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.map(|row| decode(txid, &row)).transpose()
+pub async fn find(conn: &mut Conn<'_>, txid: &TxnId) -> Result<Option<TxnRecord>, StoreError> {
+    let row = conn
+        .fetch_optional(
+            "SELECT state, kind, itinerary_legs, legs, refusal, updated_at FROM txns WHERE txid = $1",
+            &[Arg::Text(txid.to_string())],
+            &[Col::Text, Col::Text, Col::Int, Col::Text, Col::Text, Col::Int],
+        )
+        .await?;
+    row.map(|row| {
+        let [state, kind, itinerary_legs, legs, refusal, updated_at] =
+            <[_; 6]>::try_from(row).expect("six columns asked for");
+        let columns = Columns {
+            state: state.text()?,
+            kind: kind.text()?,
+            itinerary_legs: itinerary_legs.int()?,
+            legs: legs.text()?,
+            refusal: refusal.opt_text()?,
+            updated_at: updated_at.int()?,
+        };
+        check(txid, columns)
+    })
+    .transpose()
 }
 
 /// A `txns` row to insert, as the JSON the multi-row INSERT reads.
@@ -115,7 +130,7 @@ pub fn push_set_states(
 /// Fails unless every record of `push_set_states` moved, naming the first
 /// that did not (as one UPDATE per txid would have).
 pub async fn check_set_states(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     txids: &[&TxnId],
     to: TxnState,
     outcome: &Outcome,
@@ -124,10 +139,17 @@ pub async fn check_set_states(
         return Ok(());
     }
     for txid in txids {
-        let state: Option<String> = sqlx::query_scalar("SELECT state FROM txns WHERE txid = $1")
-            .bind(txid.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
+        let state = match conn
+            .fetch_optional(
+                "SELECT state FROM txns WHERE txid = $1",
+                &[Arg::Text(txid.to_string())],
+                &[Col::Text],
+            )
+            .await?
+        {
+            Some(row) => row.into_iter().next().expect("one column").opt_text()?,
+            None => None,
+        };
         if state.as_deref() != Some(to.as_str()) {
             return Err(StoreError::RowCount {
                 statement: "UPDATE txns state",
@@ -235,18 +257,6 @@ pub struct Columns {
     pub legs: String,
     pub refusal: Option<String>,
     pub updated_at: i64,
-}
-
-fn decode(txid: &TxnId, row: &AnyRow) -> Result<TxnRecord, StoreError> {
-    let columns = Columns {
-        state: row.try_get("state")?,
-        kind: row.try_get("kind")?,
-        itinerary_legs: row.try_get("itinerary_legs")?,
-        legs: row.try_get("legs")?,
-        refusal: row.try_get("refusal")?,
-        updated_at: row.try_get("updated_at")?,
-    };
-    check(txid, columns)
 }
 
 /// The record the columns hold, checked (`TxnRecord::validate`).
