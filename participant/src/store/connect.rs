@@ -4,8 +4,9 @@
 //! `synchronous=FULL` and a busy timeout on every connection; PostgreSQL gets
 //! `synchronous_commit=on` on every connection.
 //!
-//! The writer lanes have a pool of their own, one connection per lane, and
-//! the reads (admin calls, in-doubt sweep) another. SQLite drops a
+//! The writer lanes have a pool of their own (PostgreSQL: one connection
+//! per lane; SQLite: the migrations', the lanes open their own in
+//! `lane.rs`), and the reads (admin calls, in-doubt sweep) another. SQLite drops a
 //! connection's whole page cache when another connection has committed
 //! since its last transaction; from one shared pool (which hands out idle
 //! connections first in, first out) the SQLite writer lane got a different
@@ -13,10 +14,12 @@
 //! own connection the lane keeps its cache and never waits behind a read.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
+use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::AnyConnection;
 use sqlx::{AnyPool, Connection, Executor};
 
@@ -137,16 +140,23 @@ pub fn sqlite_pragmas() -> Vec<String> {
     ]
 }
 
-/// The file of a SQLite URL as `sqlite_url` returns it.
-pub fn sqlite_file(url: &str) -> Result<PathBuf, StoreError> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .ok_or_else(|| StoreError::Url {
-            url: url.to_string(),
-            problem: "not a sqlite:// URL".into(),
-        })?;
-    let (path, _) = rest.split_once('?').unwrap_or((rest, ""));
-    Ok(PathBuf::from(path))
+/// Where a SQLite writer lane opens its connection (`lane.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteFile {
+    pub path: PathBuf,
+    /// The URL says `mode=ro`: batches fail, as they would through sqlx.
+    pub read_only: bool,
+}
+
+/// The file of a SQLite URL as `sqlite_url` returns it, read as sqlx
+/// reads it (percent-decoded).
+pub fn sqlite_file(url: &str) -> Result<SqliteFile, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)?;
+    let params = url.split_once('?').map_or("", |(_, params)| params);
+    Ok(SqliteFile {
+        path: options.get_filename().to_path_buf(),
+        read_only: params.split('&').any(|kv| kv == "mode=ro"),
+    })
 }
 
 /// One connection before the pool: its error says why the database cannot
@@ -230,6 +240,17 @@ mod tests {
             "sqlite://s0.db?cache=private&mode=rwc"
         );
         assert!(sqlite_url("sqlite::memory:").is_err());
+        // The lanes open the file sqlx would.
+        let file = |url: &str| sqlite_file(&sqlite_url(url).expect("valid")).expect("a file");
+        assert_eq!(
+            file("sqlite:///tmp/my%20shard.db"),
+            SqliteFile {
+                path: PathBuf::from("/tmp/my shard.db"),
+                read_only: false
+            }
+        );
+        assert!(file("sqlite:s0.db?mode=ro").read_only);
+        assert_eq!(file("sqlite:s0.db").path, PathBuf::from("s0.db"));
         assert!(sqlite_url("sqlite:///no/such/dir/s0.db").is_err());
     }
 }

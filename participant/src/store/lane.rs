@@ -13,14 +13,15 @@
 //! A lane that failed a batch is not reused: its thread rolls back what was
 //! open and closes its connection, and the next batch gets a new lane.
 
-use std::path::{Path, PathBuf};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{mpsc, Mutex};
 use std::thread;
 
 use tokio::sync::oneshot;
 
 use super::conn::{Col, Conn};
-use super::{apply_ops, connect, Applied};
+use super::connect::{self, SqliteFile};
+use super::{apply_ops, Applied};
 use crate::config::Backend;
 use crate::error::StoreError;
 use crate::op::Op;
@@ -28,7 +29,7 @@ use crate::op::Op;
 /// The writer lanes of one SQLite shard.
 #[derive(Debug)]
 pub struct Lanes {
-    path: PathBuf,
+    file: SqliteFile,
     shard: String,
     idle: Mutex<Vec<Lane>>,
 }
@@ -49,9 +50,9 @@ struct Job {
 }
 
 impl Lanes {
-    pub fn new(path: PathBuf, shard: String) -> Lanes {
+    pub fn new(file: SqliteFile, shard: String) -> Lanes {
         Lanes {
-            path,
+            file,
             shard,
             idle: Mutex::new(Vec::new()),
         }
@@ -76,7 +77,14 @@ impl Lanes {
             reply,
         };
         lane.jobs.send(job).map_err(|_| lane_gone())?;
-        let applied = answer.await.map_err(|_| lane_gone())?;
+        // A lane thread always answers, unless it panicked: a bug, which
+        // stops this writer as loudly as when batches ran on it.
+        let applied = answer.await.unwrap_or_else(|_| {
+            panic!(
+                "the SQLite writer lane of shard {} panicked (its message is above)",
+                self.shard
+            )
+        });
         if applied.is_ok() {
             self.idle
                 .lock()
@@ -88,10 +96,10 @@ impl Lanes {
 
     fn spawn(&self) -> Result<Lane, StoreError> {
         let (jobs, queue) = mpsc::channel();
-        let (path, shard) = (self.path.clone(), self.shard.clone());
+        let (file, shard) = (self.file.clone(), self.shard.clone());
         let thread = thread::Builder::new()
             .name(format!("{}-sqlite-lane", self.shard))
-            .spawn(move || run(&path, &shard, queue))
+            .spawn(move || run(&file, &shard, queue))
             .map_err(|e| {
                 StoreError::Database(sqlx::Error::Protocol(format!(
                     "starting a SQLite writer lane: {e}"
@@ -100,7 +108,8 @@ impl Lanes {
         Ok(Lane { jobs, thread })
     }
 
-    /// Stops every idle lane and waits for its connection to close.
+    /// Stops every idle lane and waits for its connection to close. A lane
+    /// still running a batch (its caller gone) closes when that ends.
     pub async fn close(&self) {
         let idle = std::mem::take(
             &mut *self
@@ -124,8 +133,8 @@ fn lane_gone() -> StoreError {
 
 /// A lane's thread: one batch after another until the store drops it, or
 /// until a batch fails.
-fn run(path: &Path, shard: &str, queue: mpsc::Receiver<Job>) {
-    let mut conn = match open(path) {
+fn run(file: &SqliteFile, shard: &str, queue: mpsc::Receiver<Job>) {
+    let mut conn = match open(file) {
         Ok(conn) => conn,
         Err(err) => {
             if let Ok(job) = queue.recv() {
@@ -147,7 +156,21 @@ fn run(path: &Path, shard: &str, queue: mpsc::Receiver<Job>) {
                 }
             }
         }
-        let applied = futures::executor::block_on(apply_and_commit(&mut conn, shard, &job.ops));
+        let applied = panic::catch_unwind(AssertUnwindSafe(|| {
+            futures::executor::block_on(apply_and_commit(&mut conn, shard, &job.ops))
+        }));
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(panicked) => {
+                // Roll back before the caller learns of it (by the reply
+                // sender's drop), then end the thread with the panic.
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                drop(job);
+                panic::resume_unwind(panicked)
+            }
+        };
         let failed = applied.is_err();
         if failed && !conn.is_autocommit() {
             // Closing the connection below would roll back too; this
@@ -195,10 +218,16 @@ pub async fn wal_checkpoint(conn: &mut rusqlite::Connection) -> Result<(i64, i64
 }
 
 /// The lane's connection, with the writer settings of `connect.rs`.
-fn open(path: &Path) -> Result<rusqlite::Connection, StoreError> {
-    let flags =
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = rusqlite::Connection::open_with_flags(path, flags)?;
+pub fn open(file: &SqliteFile) -> Result<rusqlite::Connection, StoreError> {
+    let access = if file.read_only {
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+    };
+    let conn = rusqlite::Connection::open_with_flags(
+        &file.path,
+        access | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     // Every statement a batch sends, with room to spare: a statement
     // prepared again costs more than the small ones run.
     conn.set_prepared_statement_cache_capacity(128);

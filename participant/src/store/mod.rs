@@ -8,8 +8,8 @@
 //! the in-doubt sweep use sqlx's pool directly.
 //!
 //! Durability order of a batch:
-//! 1. BEGIN (IMMEDIATE on SQLite: take the write lock up front, in the
-//!    same round trip as the batch's first read);
+//! 1. BEGIN (IMMEDIATE on SQLite: take the write lock up front, just
+//!    before the batch's first read);
 //! 2. apply each operation in order: check every leg, then write (seats,
 //!    then txns) — into the batch's view (`batch.rs`), which reads ahead
 //!    and sends the writes as multi-row statements, all before the commit;
@@ -114,8 +114,8 @@ impl Store {
         let lanes = match config.backend {
             Backend::Sqlite => {
                 let url = connect::sqlite_url(&config.database_url)?;
-                let path = connect::sqlite_file(&url)?;
-                Some(Arc::new(lane::Lanes::new(path, config.name.clone())))
+                let file = connect::sqlite_file(&url)?;
+                Some(Arc::new(lane::Lanes::new(file, config.name.clone())))
             }
             Backend::Postgres => None,
         };

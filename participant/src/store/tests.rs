@@ -85,6 +85,86 @@ async fn sqlite_runs_in_wal_with_full_sync() {
     assert_eq!(sync, 2, "synchronous=FULL is 2");
 }
 
+/// A writer lane's own connection (`lane.rs`), the one every SQLite batch
+/// commits on: WAL, synchronous=FULL, no checkpoint of its own, and the
+/// busy timeout.
+#[tokio::test]
+async fn a_lane_connection_syncs_fully_and_never_checkpoints() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _store = open(&dir).await;
+    let mut lane = lane::open(&lane_file(&dir)).expect("lane connection");
+    let mut conn = conn::Conn::Lite(&mut lane);
+    for (name, col, expected) in [
+        (
+            "journal_mode",
+            conn::Col::Text,
+            conn::Val::Text("wal".into()),
+        ),
+        ("synchronous", conn::Col::Int, conn::Val::Int(2)),
+        ("wal_autocheckpoint", conn::Col::Int, conn::Val::Int(0)),
+        ("busy_timeout", conn::Col::Int, conn::Val::Int(5000)),
+    ] {
+        let rows = conn
+            .fetch(&format!("PRAGMA {name}"), &[], &[col])
+            .await
+            .expect("pragma");
+        assert_eq!(rows, [vec![expected]], "PRAGMA {name}");
+    }
+}
+
+/// The lane binds `$N` by number, whatever order the placeholders appear in
+/// (SQLite numbers named parameters by first appearance).
+#[tokio::test]
+async fn a_lane_binds_placeholders_by_number() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _store = open(&dir).await;
+    let mut lane = lane::open(&lane_file(&dir)).expect("lane connection");
+    let mut conn = conn::Conn::Lite(&mut lane);
+    let args = [script::Arg::Text("first".into()), script::Arg::Int(2)];
+    let rows = conn
+        .fetch(
+            "SELECT $2, $1, $2",
+            &args,
+            &[conn::Col::Int, conn::Col::Text, conn::Col::Int],
+        )
+        .await
+        .expect("query");
+    assert_eq!(
+        rows,
+        [vec![
+            conn::Val::Int(2),
+            conn::Val::Text("first".into()),
+            conn::Val::Int(2)
+        ]]
+    );
+    let missing = conn.fetch("SELECT $3", &args, &[conn::Col::Int]).await;
+    assert!(missing.is_err(), "a placeholder without its argument");
+}
+
+/// A lane that finds the database locked by another writer past its busy
+/// timeout fails with an error the writer retries (`is_transient`).
+#[tokio::test]
+async fn a_busy_database_is_transient_on_a_lane() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _store = open(&dir).await;
+    let other = lane::open(&lane_file(&dir)).expect("connection");
+    other.execute_batch("BEGIN IMMEDIATE").expect("write lock");
+    let mut lane = lane::open(&lane_file(&dir)).expect("lane connection");
+    lane.execute_batch("PRAGMA busy_timeout = 0")
+        .expect("pragma");
+    let err = conn::Conn::Lite(&mut lane)
+        .execute("BEGIN IMMEDIATE", &[])
+        .await
+        .expect_err("the database is locked");
+    assert!(err.is_transient(), "{err}");
+}
+
+fn lane_file(dir: &tempfile::TempDir) -> connect::SqliteFile {
+    let url = connect::sqlite_url(&format!("sqlite://{}/s0.db", dir.path().display()))
+        .expect("valid url");
+    connect::sqlite_file(&url).expect("a file")
+}
+
 #[tokio::test]
 async fn numbered_placeholders_bind_in_order() {
     let dir = tempfile::tempdir().expect("temp dir");
