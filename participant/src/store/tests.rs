@@ -427,15 +427,7 @@ async fn a_row_count_mismatch_fails_the_whole_batch(store: &Store) {
     assert_eq!(kind, TxnKind::TwoPhase.as_str());
     // The failed batch left no transaction or write lock behind: the next
     // batch on the same store commits.
-    let applied = store
-        .apply_batch(&[Op::Prepare(booking(3, "AB1", SeatChoice::Count(1)))])
-        .await
-        .expect("the next batch commits");
-    assert!(
-        matches!(&applied.results[0], Ok(Reply::Vote(Vote::Yes(_)))),
-        "{:?}",
-        applied.results[0]
-    );
+    next_batch_votes_yes(store, 3).await;
     assert_eq!(
         store
             .txn_row(&txid(3))
@@ -443,6 +435,20 @@ async fn a_row_count_mismatch_fails_the_whole_batch(store: &Store) {
             .expect("read")
             .map(|r| r.state),
         Some(TxnState::Prepared)
+    );
+}
+
+/// A PREPARE of one seat on AB1 for txid `n`, alone in its batch, commits
+/// and votes YES.
+async fn next_batch_votes_yes(store: &Store, n: u32) {
+    let applied = store
+        .apply_batch(&[Op::Prepare(booking(n, "AB1", SeatChoice::Count(1)))])
+        .await
+        .expect("the next batch commits");
+    assert!(
+        matches!(&applied.results[0], Ok(Reply::Vote(Vote::Yes(_)))),
+        "{:?}",
+        applied.results[0]
     );
 }
 
@@ -463,15 +469,7 @@ async fn a_batch_given_up_on_commits_whole_or_not_at_all(store: &Store) {
         waited.is_none(),
         "the batch was given up on before its commit"
     );
-    let applied = store
-        .apply_batch(&[Op::Prepare(booking(3, "AB1", SeatChoice::Count(1)))])
-        .await
-        .expect("the next batch commits");
-    assert!(
-        matches!(&applied.results[0], Ok(Reply::Vote(Vote::Yes(_)))),
-        "{:?}",
-        applied.results[0]
-    );
+    next_batch_votes_yes(store, 3).await;
     // Let a batch still running in the background finish, then look.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let held = |n: u32| {
