@@ -294,20 +294,21 @@ impl Runner {
         say(&format!(
             "opening the single {db} database (c) and creating 3,000 flights × 180 seats"
         ));
-        let url = match pg {
+        let (url, sqlite_file) = match pg {
             None => {
                 let dir = self.data_dir("sqlite-single");
                 std::fs::create_dir_all(&dir).map_err(|source| {
                     BenchError::io(format!("create {}", dir.display()), source)
                 })?;
-                format!("sqlite://{}?mode=rwc", dir.join("single.db").display())
+                let file = dir.join("single.db");
+                (format!("sqlite://{}?mode=rwc", file.display()), Some(file))
             }
-            Some(pg) => pg.database_url(6),
+            Some(pg) => (pg.database_url(6), None),
         };
         let pool = sql::open_pool(&url, db)
             .await
             .map_err(|source| BenchError::sql(format!("open {url}"), source))?;
-        let engine = Engine::Single(Arc::new(sql::SingleDb::new(pool, db)));
+        let engine = Engine::Single(Arc::new(sql::SingleDb::new(pool, db, sqlite_file)));
         let system = System::new(engine, pg.and_then(PgCluster::server_pid)).await?;
         self.warm_up(&system, Variant::SingleDb).await?;
         Ok(system)

@@ -20,12 +20,16 @@
 //! mode with `synchronous=FULL`, PostgreSQL with `synchronous_commit=on`.
 //! Flights are inserted directly, in transactions of `FLIGHTS_PER_INSERT`.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rusqlite::OptionalExtension;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor};
+use tokio::sync::oneshot;
 
 use super::args::Db;
 use super::driver::{Answer, Booker};
@@ -188,7 +192,23 @@ async fn record_txn(
     kind: &str,
     legs: &[(&Flight, String)],
 ) -> Result<(), sqlx::Error> {
-    let legs_json: Vec<String> = legs
+    sqlx::query(
+        "INSERT INTO txns (txid, state, kind, itinerary_legs, legs, refusal, updated_at) \
+         VALUES ($1, 'committed', $2, $3, $4, NULL, $5)",
+    )
+    .bind(txid)
+    .bind(kind)
+    .bind(2i64)
+    .bind(legs_json(legs))
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The `legs` column of a booking's record, as a participant writes it.
+fn legs_json(legs: &[(&Flight, String)]) -> String {
+    let legs: Vec<String> = legs
         .iter()
         .enumerate()
         .map(|(i, (flight, seat))| {
@@ -198,18 +218,7 @@ async fn record_txn(
             )
         })
         .collect();
-    sqlx::query(
-        "INSERT INTO txns (txid, state, kind, itinerary_legs, legs, refusal, updated_at) \
-         VALUES ($1, 'committed', $2, $3, $4, NULL, $5)",
-    )
-    .bind(txid)
-    .bind(kind)
-    .bind(2i64)
-    .bind(format!("[{}]", legs_json.join(",")))
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    format!("[{}]", legs.join(","))
 }
 
 fn now_ms() -> i64 {
@@ -228,20 +237,28 @@ fn error_kind(error: &sqlx::Error) -> String {
 }
 
 /// Variant (c): one database, one local transaction per itinerary.
+///
+/// On SQLite the bookings run on one thread of their own over a rusqlite
+/// connection (`SqliteBooker`), as the participants' writer lanes do: one
+/// hand-over per booking, not a round trip to sqlx's worker thread per
+/// statement. The pool creates the schema and the flights, and reads.
 #[derive(Debug)]
 pub struct SingleDb {
     pub pool: AnyPool,
     pub db: Db,
     /// Local COMMITs of bookings so far.
     pub local_commits: AtomicU64,
+    sqlite: Option<SqliteBooker>,
 }
 
 impl SingleDb {
-    pub fn new(pool: AnyPool, db: Db) -> SingleDb {
+    /// `sqlite_file`: the SQLite database file of `pool`'s URL.
+    pub fn new(pool: AnyPool, db: Db, sqlite_file: Option<PathBuf>) -> SingleDb {
         SingleDb {
             pool,
             db,
             local_commits: AtomicU64::new(0),
+            sqlite: sqlite_file.map(SqliteBooker::start),
         }
     }
 
@@ -252,6 +269,13 @@ impl SingleDb {
 
     async fn try_book(&self, passenger: &str, legs: &[Flight; 2]) -> Result<bool, sqlx::Error> {
         let txid = uuid::Uuid::new_v4().to_string();
+        if let Some(sqlite) = &self.sqlite {
+            let booked = sqlite.book(txid, passenger, legs).await?;
+            if booked {
+                self.local_commits.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(booked);
+        }
         let mut conn = self.pool.acquire().await?;
         let mut tx = match self.db {
             Db::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
@@ -272,6 +296,116 @@ impl SingleDb {
         self.local_commits.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
+}
+
+/// (c) on SQLite: a thread that books one itinerary per local transaction
+/// over its own connection, in the order asked.
+#[derive(Debug)]
+struct SqliteBooker {
+    jobs: mpsc::Sender<SqliteJob>,
+}
+
+struct SqliteJob {
+    txid: String,
+    passenger: String,
+    legs: [Flight; 2],
+    reply: oneshot::Sender<Result<bool, String>>,
+}
+
+impl SqliteBooker {
+    fn start(path: PathBuf) -> SqliteBooker {
+        let (jobs, queue) = mpsc::channel::<SqliteJob>();
+        std::thread::Builder::new()
+            .name("bench-single-sqlite".into())
+            .spawn(move || {
+                let conn = open_sqlite(&path);
+                for job in queue {
+                    let result = match &conn {
+                        Ok(conn) => {
+                            let booked = book_on_sqlite(conn, &job.txid, &job.passenger, &job.legs);
+                            if booked.is_err() && !conn.is_autocommit() {
+                                let _ = conn.execute_batch("ROLLBACK");
+                            }
+                            booked.map_err(|e| e.to_string())
+                        }
+                        Err(e) => Err(format!("opening {}: {e}", path.display())),
+                    };
+                    let _ = job.reply.send(result);
+                }
+            })
+            .expect("the bench can start a thread");
+        SqliteBooker { jobs }
+    }
+
+    async fn book(
+        &self,
+        txid: String,
+        passenger: &str,
+        legs: &[Flight; 2],
+    ) -> Result<bool, sqlx::Error> {
+        let (reply, answer) = oneshot::channel();
+        let job = SqliteJob {
+            txid,
+            passenger: passenger.to_string(),
+            legs: legs.clone(),
+            reply,
+        };
+        let stopped = || sqlx::Error::Protocol("the (c) SQLite thread stopped".into());
+        self.jobs.send(job).map_err(|_| stopped())?;
+        answer
+            .await
+            .map_err(|_| stopped())?
+            .map_err(sqlx::Error::Protocol)
+    }
+}
+
+/// The (c) connection: the participants' settings (WAL is on in the file).
+fn open_sqlite(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.execute_batch("PRAGMA synchronous = FULL")?;
+    conn.busy_timeout(Duration::from_millis(u64::from(SQLITE_BUSY_TIMEOUT_MS)))?;
+    Ok(conn)
+}
+
+/// One itinerary as one local transaction: per leg the lowest free seat,
+/// then the record, then COMMIT; false (and nothing written) if a leg is
+/// sold out.
+fn book_on_sqlite(
+    conn: &rusqlite::Connection,
+    txid: &str,
+    passenger: &str,
+    legs: &[Flight; 2],
+) -> rusqlite::Result<bool> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let mut booked = Vec::with_capacity(2);
+    for flight in legs {
+        let seat: Option<String> = conn
+            .prepare_cached(
+                "SELECT seat_no FROM seats WHERE flight_id = ?1 AND state = 'free' \
+                 ORDER BY seat_index LIMIT 1",
+            )?
+            .query_row([&*flight.id], |row| row.get(0))
+            .optional()?;
+        let Some(seat) = seat else {
+            conn.execute_batch("ROLLBACK")?;
+            return Ok(false);
+        };
+        let updated = conn
+            .prepare_cached(
+                "UPDATE seats SET state = 'booked', txid = ?1, passenger = ?2 \
+                 WHERE flight_id = ?3 AND seat_no = ?4 AND state = 'free'",
+            )?
+            .execute((txid, passenger, &*flight.id, &seat))?;
+        assert_eq!(updated, 1, "the seat was free and the write lock held");
+        booked.push((flight, seat));
+    }
+    conn.prepare_cached(
+        "INSERT INTO txns (txid, state, kind, itinerary_legs, legs, refusal, updated_at) \
+         VALUES (?1, 'committed', 'local', 2, ?2, NULL, ?3)",
+    )?
+    .execute((txid, legs_json(&booked), now_ms()))?;
+    conn.execute_batch("COMMIT")?;
+    Ok(true)
 }
 
 impl Booker for SingleDb {
@@ -442,7 +576,8 @@ mod tests {
     async fn one_database_books_until_a_flight_sells_out() {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}/one.db?mode=rwc", dir.path().display());
-        let single = SingleDb::new(open_pool(&url, Db::Sqlite).await.expect("open"), Db::Sqlite);
+        let pool = open_pool(&url, Db::Sqlite).await.expect("open");
+        let single = SingleDb::new(pool, Db::Sqlite, Some(dir.path().join("one.db")));
         let set = FlightSet::numbered("T-", 2, 2, |id| usize::from(id.ends_with('1')));
         single.create_flights(&set).await.expect("create");
         let legs = [set.flights()[0].clone(), set.flights()[1].clone()];
