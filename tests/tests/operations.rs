@@ -37,7 +37,10 @@ async fn health_is_not_serving_while_the_log_replays() {
         .listening_address(ProcessId::Coordinator)
         .expect("the coordinator listens");
 
-    test.cluster.kill(ProcessId::Coordinator).await.expect("kill");
+    test.cluster
+        .kill(ProcessId::Coordinator)
+        .await
+        .expect("kill");
     test.cluster.set_env(
         ProcessId::Coordinator,
         "FAILPOINTS",
@@ -93,14 +96,20 @@ async fn health_is_not_serving_while_the_log_replays() {
     let (restarted, seen) = tokio::join!(test.cluster.restart(ProcessId::Coordinator), poll);
     restarted.expect("restart the coordinator");
     tracing::info!(?seen, "health during the restart");
-    assert!(seen.not_serving >= 3, "health must say NOT_SERVING during replay: {seen:?}");
+    assert!(
+        seen.not_serving >= 3,
+        "health must say NOT_SERVING during replay: {seen:?}"
+    );
     assert!(seen.unavailable_while_replaying >= 3, "{seen:?}");
     assert!(seen.serving, "health must turn SERVING: {seen:?}");
 
     // Once serving, the replayed registry answers.
     let client = test.cluster.client().await.expect("reconnect");
     let status = client.status_by_key("health-key").await.expect("status");
-    assert_eq!(status.reply.expect("decided").outcome, Outcome::Committed as i32);
+    assert_eq!(
+        status.reply.expect("decided").outcome,
+        Outcome::Committed as i32
+    );
 }
 
 /// Small segments and a 1 s window: the log is cut as the load runs.
@@ -151,9 +160,15 @@ async fn retention_keeps_the_log_bounded_and_recovery_short() {
     assert!(written.contains("retention: removed ended segments"));
 
     // The first booking is forgotten, with a message saying why.
-    let forgotten = client.status_by_key(&first_key).await.expect_err("forgotten");
+    let forgotten = client
+        .status_by_key(&first_key)
+        .await
+        .expect_err("forgotten");
     assert_eq!(forgotten.code(), Some(tonic::Code::NotFound));
-    assert!(forgotten.to_string().contains("log_retention_secs"), "{forgotten}");
+    assert!(
+        forgotten.to_string().contains("log_retention_secs"),
+        "{forgotten}"
+    );
 
     // A restart replays only what is left, and the invariants hold.
     let replayed = coordinator::log::scan(&log_dir).expect("scan the log");
@@ -190,7 +205,10 @@ async fn admin_retry_redrives_a_stuck_transaction_and_refuses_the_rest() {
         "FAILPOINTS",
         "participant::after_prepare_commit=return",
     );
-    test.cluster.restart(participant).await.expect("arm the participant");
+    test.cluster
+        .restart(participant)
+        .await
+        .expect("arm the participant");
     let reply = client.book(request).await.expect("book");
     assert_eq!(reply.outcome, Outcome::Aborted as i32);
     test.cluster
@@ -202,19 +220,31 @@ async fn admin_retry_redrives_a_stuck_transaction_and_refuses_the_rest() {
     let status = client.status_by_txid(&reply.txid).await.expect("status");
     assert!(!status.ended, "phase 2 cannot end while the shard is down");
 
-    test.cluster.remove_env(participant, "FAILPOINTS");
-    test.cluster.restart(participant).await.expect("restart the participant");
+    // The operator re-drives it while it is stuck: with the shard still
+    // down (once the shard is back, the coordinator's own retry, at most
+    // 2 s away, may end it before the command runs).
     let redriven = bookctl(&test.cluster, &["admin", "retry", &reply.txid]);
-    assert!(redriven.status.success(), "bookctl admin retry: {redriven:?}");
+    assert!(
+        redriven.status.success(),
+        "bookctl admin retry: {redriven:?}"
+    );
     let printed = String::from_utf8_lossy(&redriven.stdout);
     assert!(printed.contains(&reply.txid), "{printed}");
+    test.cluster.remove_env(participant, "FAILPOINTS");
+    test.cluster
+        .restart(participant)
+        .await
+        .expect("restart the participant");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = client.status_by_txid(&reply.txid).await.expect("status");
         if status.ended {
             break;
         }
-        assert!(Instant::now() < deadline, "the re-driven transaction never ended");
+        assert!(
+            Instant::now() < deadline,
+            "the re-driven transaction never ended"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let written = std::fs::read_to_string(test.cluster.log_path(ProcessId::Coordinator))
@@ -225,8 +255,15 @@ async fn admin_retry_redrives_a_stuck_transaction_and_refuses_the_rest() {
     );
 
     // Ended: nothing to retry. Unknown: NOT_FOUND. Malformed: INVALID_ARGUMENT.
-    let ended = client.retry_transaction(&reply.txid).await.expect_err("ended");
-    assert_eq!(ended.code(), Some(tonic::Code::FailedPrecondition), "{ended}");
+    let ended = client
+        .retry_transaction(&reply.txid)
+        .await
+        .expect_err("ended");
+    assert_eq!(
+        ended.code(),
+        Some(tonic::Code::FailedPrecondition),
+        "{ended}"
+    );
     assert!(ended.to_string().contains("nothing to retry"), "{ended}");
     let unknown = client
         .retry_transaction(&uuid::Uuid::now_v7().to_string())
