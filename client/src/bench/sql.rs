@@ -148,6 +148,17 @@ fn assert_safe(id: &str) {
     );
 }
 
+/// The lowest free seat of flight `$1` (SQLite; PostgreSQL adds its lock).
+const PICK_SEAT: &str =
+    "SELECT seat_no FROM seats WHERE flight_id = $1 AND state = 'free' ORDER BY seat_index LIMIT 1";
+/// Books seat `$4` of flight `$3` for txid `$1`, passenger `$2`.
+const BOOK_SEAT: &str = "UPDATE seats SET state = 'booked', txid = $1, passenger = $2 \
+     WHERE flight_id = $3 AND seat_no = $4 AND state = 'free'";
+/// Records txid `$1` committed: kind `$2`, `$3` legs in all, legs `$4`, at `$5`.
+const RECORD_TXN: &str =
+    "INSERT INTO txns (txid, state, kind, itinerary_legs, legs, refusal, updated_at) \
+     VALUES ($1, 'committed', $2, $3, $4, NULL, $5)";
+
 /// Books the lowest free seat of `flight` for `txid`; false when sold out.
 async fn book_seat(
     conn: &mut AnyConnection,
@@ -157,26 +168,23 @@ async fn book_seat(
     passenger: &str,
 ) -> Result<Option<String>, sqlx::Error> {
     let pick = match db {
-        Db::Sqlite => "SELECT seat_no FROM seats WHERE flight_id = $1 AND state = 'free' ORDER BY seat_index LIMIT 1",
-        Db::Postgres => "SELECT seat_no FROM seats WHERE flight_id = $1 AND state = 'free' ORDER BY seat_index LIMIT 1 FOR UPDATE SKIP LOCKED",
+        Db::Sqlite => PICK_SEAT.to_string(),
+        Db::Postgres => format!("{PICK_SEAT} FOR UPDATE SKIP LOCKED"),
     };
-    let seat: Option<String> = sqlx::query_scalar(pick)
+    let seat: Option<String> = sqlx::query_scalar(&pick)
         .bind(&*flight.id)
         .fetch_optional(&mut *conn)
         .await?;
     let Some(seat) = seat else {
         return Ok(None);
     };
-    let updated = sqlx::query(
-        "UPDATE seats SET state = 'booked', txid = $1, passenger = $2 \
-         WHERE flight_id = $3 AND seat_no = $4 AND state = 'free'",
-    )
-    .bind(txid)
-    .bind(passenger)
-    .bind(&*flight.id)
-    .bind(&seat)
-    .execute(&mut *conn)
-    .await?;
+    let updated = sqlx::query(BOOK_SEAT)
+        .bind(txid)
+        .bind(passenger)
+        .bind(&*flight.id)
+        .bind(&seat)
+        .execute(&mut *conn)
+        .await?;
     assert_eq!(
         updated.rows_affected(),
         1,
@@ -192,17 +200,14 @@ async fn record_txn(
     kind: &str,
     legs: &[(&Flight, String)],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO txns (txid, state, kind, itinerary_legs, legs, refusal, updated_at) \
-         VALUES ($1, 'committed', $2, $3, $4, NULL, $5)",
-    )
-    .bind(txid)
-    .bind(kind)
-    .bind(2i64)
-    .bind(legs_json(legs))
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(RECORD_TXN)
+        .bind(txid)
+        .bind(kind)
+        .bind(2i64)
+        .bind(legs_json(legs))
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -379,31 +384,29 @@ fn book_on_sqlite(
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let mut booked = Vec::with_capacity(2);
     for flight in legs {
+        // Each statement's `$N` first appear in order 1, 2, ..., so SQLite's
+        // positions are their numbers.
         let seat: Option<String> = conn
-            .prepare_cached(
-                "SELECT seat_no FROM seats WHERE flight_id = ?1 AND state = 'free' \
-                 ORDER BY seat_index LIMIT 1",
-            )?
+            .prepare_cached(PICK_SEAT)?
             .query_row([&*flight.id], |row| row.get(0))
             .optional()?;
         let Some(seat) = seat else {
             conn.execute_batch("ROLLBACK")?;
             return Ok(false);
         };
-        let updated = conn
-            .prepare_cached(
-                "UPDATE seats SET state = 'booked', txid = ?1, passenger = ?2 \
-                 WHERE flight_id = ?3 AND seat_no = ?4 AND state = 'free'",
-            )?
-            .execute((txid, passenger, &*flight.id, &seat))?;
+        let updated =
+            conn.prepare_cached(BOOK_SEAT)?
+                .execute((txid, passenger, &*flight.id, &seat))?;
         assert_eq!(updated, 1, "the seat was free and the write lock held");
         booked.push((flight, seat));
     }
-    conn.prepare_cached(
-        "INSERT INTO txns (txid, state, kind, itinerary_legs, legs, refusal, updated_at) \
-         VALUES (?1, 'committed', 'local', 2, ?2, NULL, ?3)",
-    )?
-    .execute((txid, legs_json(&booked), now_ms()))?;
+    conn.prepare_cached(RECORD_TXN)?.execute((
+        txid,
+        "local",
+        2_i64,
+        legs_json(&booked),
+        now_ms(),
+    ))?;
     conn.execute_batch("COMMIT")?;
     Ok(true)
 }

@@ -68,7 +68,12 @@ pub async fn pools(config: &Config) -> Result<Pools, StoreError> {
     };
     // A SQLite connection is a file handle in this process: nothing to
     // test before each batch. A PostgreSQL one may have died with its server.
-    let write = options(config.writers as u32, Lane::Write)
+    // SQLite: the migrations' only; its lanes open their own (`lane.rs`).
+    let writers = match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => config.writers as u32,
+    };
+    let write = options(writers, Lane::Write)
         .test_before_acquire(backend == Backend::Postgres)
         .connect(&url)
         .await?;

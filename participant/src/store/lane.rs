@@ -19,9 +19,9 @@ use std::thread;
 
 use tokio::sync::oneshot;
 
-use super::conn::{Col, Conn};
+use super::conn::Conn;
 use super::connect::{self, SqliteFile};
-use super::{apply_ops, Applied};
+use super::{apply_ops, wal_checkpoint, Applied};
 use crate::config::Backend;
 use crate::error::StoreError;
 use crate::op::Op;
@@ -147,7 +147,7 @@ fn run(file: &SqliteFile, shard: &str, queue: mpsc::Receiver<Job>) {
         if job.checkpoint {
             // Between batches: no frame is being added now. A failed
             // checkpoint only leaves the WAL long.
-            match futures::executor::block_on(wal_checkpoint(&mut conn)) {
+            match futures::executor::block_on(wal_checkpoint(&mut Conn::Lite(&mut conn))) {
                 Ok((frames, copied)) => {
                     tracing::debug!(frames, copied, "WAL checkpoint by the writer lane")
                 }
@@ -194,27 +194,6 @@ async fn apply_and_commit(
     let applied = apply_ops(&mut conn, Backend::Sqlite, shard, ops).await?;
     conn.execute("COMMIT", &[]).await?;
     Ok(applied)
-}
-
-/// SQLite's passive checkpoint: the frames in the WAL and how many of them
-/// are in the database file now.
-pub async fn wal_checkpoint(conn: &mut rusqlite::Connection) -> Result<(i64, i64), StoreError> {
-    let mut conn = Conn::Lite(conn);
-    let rows = conn
-        .fetch(
-            "PRAGMA wal_checkpoint(PASSIVE)",
-            &[],
-            &[Col::Int, Col::Int, Col::Int],
-        )
-        .await?;
-    // Columns: busy (1 if another checkpoint was running), WAL frames,
-    // frames checkpointed.
-    let row = rows.into_iter().next().ok_or_else(|| {
-        StoreError::Database(sqlx::Error::Protocol(
-            "wal_checkpoint returned no row".into(),
-        ))
-    })?;
-    Ok((row[1].int()?, row[2].int()?))
 }
 
 /// The lane's connection, with the writer settings of `connect.rs`.

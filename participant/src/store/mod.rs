@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use sqlx::{AnyConnection, AnyPool, Connection, Row};
+use sqlx::{AnyPool, Connection};
 
 use conn::Conn;
 
@@ -236,7 +236,7 @@ impl Store {
             return Ok((0, 0));
         }
         let mut conn = self.pool.acquire().await?;
-        let (frames, copied) = wal_checkpoint(&mut conn).await?;
+        let (frames, copied) = wal_checkpoint(&mut Conn::Sqlx(&mut conn)).await?;
         if frames >= self.wal.frames.load(Ordering::Relaxed) {
             self.wal.wanted.store(true, Ordering::Relaxed);
         }
@@ -284,17 +284,26 @@ async fn apply_ops(
     })
 }
 
-/// SQLite's passive checkpoint on `conn`: the frames in the WAL and how
-/// many of them are in the database file now.
-async fn wal_checkpoint(conn: &mut AnyConnection) -> Result<(i64, i64), StoreError> {
-    let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-        .fetch_one(&mut *conn)
+/// SQLite's passive checkpoint on `conn` (a read connection's, or the
+/// writer lane's own): the frames in the WAL and how many of them are in the
+/// database file now.
+async fn wal_checkpoint(conn: &mut Conn<'_>) -> Result<(i64, i64), StoreError> {
+    let rows = conn
+        .fetch(
+            "PRAGMA wal_checkpoint(PASSIVE)",
+            &[],
+            &[conn::Col::Int, conn::Col::Int, conn::Col::Int],
+        )
         .await?;
     // Columns: busy (1 if another checkpoint was running), WAL frames,
     // frames checkpointed.
-    let frames: i64 = row.try_get(1)?;
-    let copied: i64 = row.try_get(2)?;
-    Ok((frames, copied))
+    let [row] = <[Vec<conn::Val>; 1]>::try_from(rows).map_err(|rows| {
+        StoreError::Database(sqlx::Error::Protocol(format!(
+            "wal_checkpoint returned {} rows, not 1",
+            rows.len()
+        )))
+    })?;
+    Ok((row[1].int()?, row[2].int()?))
 }
 
 /// Unix milliseconds now.
