@@ -185,7 +185,7 @@ fn run(file: &SqliteFile, shard: &str, queue: mpsc::Receiver<Job>) {
 }
 
 /// The batch (BEGIN IMMEDIATE goes with its read-ahead), then COMMIT.
-async fn apply_and_commit(
+pub(super) async fn apply_and_commit(
     conn: &mut rusqlite::Connection,
     shard: &str,
     ops: &[Op],

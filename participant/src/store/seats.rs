@@ -223,11 +223,13 @@ pub fn push_moves(script: &mut Script, backend: Backend, moves: &[Move]) -> Move
                 SeatState::Free => "state = 'free', txid = NULL, passenger = NULL".to_string(),
                 to => format!("state = '{}'", to.as_str()),
             };
-            let sql = format!("UPDATE seats SET {set} WHERE {in_list} AND state = $2");
-            let args = vec![
-                txids(&|m| m.transition == transition),
-                Arg::Text(transition.seats_from.as_str().to_string()),
-            ];
+            // The state moved from is in the text, not bound: SQLite
+            // plans for a bound value compared with `state` (the column
+            // of `seats_free`'s condition) and so prepares the statement
+            // again at every run.
+            let from = transition.seats_from.as_str();
+            let sql = format!("UPDATE seats SET {set} WHERE {in_list} AND state = '{from}'");
+            let args = vec![txids(&|m| m.transition == transition)];
             (transition, script.push(sql, args))
         })
         .collect();

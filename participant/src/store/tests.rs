@@ -159,6 +159,70 @@ async fn a_busy_database_is_transient_on_a_lane() {
     assert!(err.is_transient(), "{err}");
 }
 
+/// No statement of any kind of batch is prepared again when it runs again
+/// on a lane. SQLite re-prepares a statement on every run when its plan
+/// depends on a bound value: a parameter compared with the column of a
+/// partial index's condition (`state = $2` against `seats_free`'s
+/// `state = 'free'`) did so, re-parsing an UPDATE in every COMMIT batch.
+#[tokio::test]
+async fn no_batch_statement_is_prepared_again_on_a_lane() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _store = open(&dir).await;
+    let mut lane = lane::open(&lane_file(&dir)).expect("lane connection");
+    let mut batches = vec![vec![flight("AB1", 20, "AB")]];
+    for round in 0..3 {
+        let n = 10 * round;
+        let two = |n| Op::Prepare(booking(n, "AB1", SeatChoice::Count(2)));
+        batches.push(vec![two(n), two(n + 1)]);
+        batches.push(vec![Op::Commit(txid(n)), Op::Abort(txid(n + 1))]);
+        batches.push(vec![Op::BookLocal(booking(
+            n + 2,
+            "AB1",
+            SeatChoice::Count(1),
+        ))]);
+        batches.push(vec![Op::Compensate(txid(n + 2)), Op::Resolve(txid(n))]);
+    }
+    for ops in &batches {
+        let applied = lane::apply_and_commit(&mut lane, "s0", ops)
+            .await
+            .expect("the batch commits");
+        for result in &applied.results {
+            assert!(
+                !matches!(result, Ok(Reply::Vote(Vote::No(_)))),
+                "{ops:?}: {result:?}"
+            );
+        }
+    }
+    // Every statement the lane's cache holds, with its runs and re-prepares.
+    let mut statements = Vec::new();
+    // SAFETY: the connection is open and only this thread uses it; the
+    // statement pointers are read while the connection holds them.
+    unsafe {
+        let db = lane.handle();
+        let mut statement = rusqlite::ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+        while !statement.is_null() {
+            let status = |op| rusqlite::ffi::sqlite3_stmt_status(statement, op, 0);
+            let sql = std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_sql(statement));
+            statements.push((
+                sql.to_string_lossy().into_owned(),
+                status(rusqlite::ffi::SQLITE_STMTSTATUS_RUN),
+                status(rusqlite::ffi::SQLITE_STMTSTATUS_REPREPARE),
+            ));
+            statement = rusqlite::ffi::sqlite3_next_stmt(db, statement);
+        }
+    }
+    let ran_again = statements.iter().filter(|(_, runs, _)| *runs >= 3).count();
+    assert!(
+        ran_again >= 6,
+        "the batches ran too few statements again to tell: {statements:#?}"
+    );
+    let reprepared: Vec<_> = statements.iter().filter(|(_, _, n)| *n > 0).collect();
+    assert!(
+        reprepared.is_empty(),
+        "prepared again (sql, runs, re-prepares): {reprepared:#?}"
+    );
+}
+
 fn lane_file(dir: &tempfile::TempDir) -> connect::SqliteFile {
     let url = connect::sqlite_url(&format!("sqlite://{}/s0.db", dir.path().display()))
         .expect("valid url");
