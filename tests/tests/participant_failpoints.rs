@@ -6,6 +6,9 @@
 //! |-----------------------|----------------|------------------------------------|
 //! | after_prepare_commit  | ABORTED        | the durable hold is released (ABORT redelivered) |
 //! | after_commit_applied  | COMMITTED      | COMMIT redelivered is a no-op; seats booked |
+//!
+//! A bug is the other way a participant stops: `batch_panics` panics in the
+//! PREPARE batch after its writes, before its local commit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,4 +129,43 @@ async fn participant_paused_after_prepare_votes_too_late_and_is_released() {
         .map(|s| s.booked)
         .sum();
     assert_eq!(booked, 0, "nothing of an aborted booking is booked");
+}
+
+/// A panic inside a PREPARE batch (a bug, injected after the batch's writes
+/// and before its local commit) stops the participant loudly, with a
+/// failure status, and writes nothing: the client is told ABORTED, and after
+/// a restart no seat is held or booked and every invariant holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_whose_batch_panics_stops_and_keeps_nothing_of_it() {
+    init_tracing();
+    let mut test = start(Db::Sqlite).await;
+    let cluster = &mut test.cluster;
+    let request = two_shard_request(cluster, "PP", "pp-panics").await;
+    let victim = ProcessId::Participant(cluster.shard_of(&request.legs[0].flight_id));
+    cluster.set_env(victim, "FAILPOINTS", "participant::batch_panics=return");
+    cluster.restart(victim).await.expect("restart armed");
+
+    let oracle = Arc::new(Oracle::new());
+    let client = cluster.client().await.expect("connect");
+    let reply = client.book(request.clone()).await.expect("a final reply");
+    oracle.record(&request, &Ok(reply.clone()));
+    assert_eq!(reply.outcome, Outcome::Aborted as i32, "{reply:?}");
+    let status = cluster
+        .wait_exit(victim, Duration::from_secs(10))
+        .await
+        .expect("wait for exit")
+        .expect("the participant whose batch panicked must stop");
+    assert!(
+        !status.success(),
+        "a participant stopped by a bug must exit with a failure status: {status:?}"
+    );
+
+    cluster.remove_env(victim, "FAILPOINTS");
+    cluster.restart(victim).await.expect("restart");
+    assert_invariants(cluster, &oracle).await;
+    let summaries = flight_summaries(cluster).await;
+    let (held, booked): (i64, i64) = summaries
+        .iter()
+        .fold((0, 0), |(h, b), s| (h + s.held, b + s.booked));
+    assert_eq!((held, booked), (0, 0), "{summaries:?}");
 }

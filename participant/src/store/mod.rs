@@ -275,6 +275,7 @@ async fn apply_ops(
         prepared_change += change;
     }
     batch.finish().await?;
+    crate::failpoints::batch_panic_point(ops);
     if ops.iter().any(|op| matches!(op, Op::Compensate(_))) {
         crate::failpoints::crash_point("participant::before_compensation_commit");
     }

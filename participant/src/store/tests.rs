@@ -555,6 +555,41 @@ async fn a_batch_given_up_on_commits_whole_or_not_at_all(store: &Store) {
     assert_eq!(held(3).await, 1);
 }
 
+/// A batch that panics (a bug) after sending its writes leaves nothing of
+/// itself: its local transaction is rolled back before the panic goes on,
+/// and the next batch commits. (The writer that met the panic stops the
+/// process, `writer.rs`; this checks what the shard database is left with.)
+async fn a_batch_that_panics_writes_nothing(store: &Store) {
+    // Serialises the tests that arm failpoints; no other test arms this one.
+    let _scenario = fail::FailScenario::setup();
+    one(store, flight("AB1", 3, "AB")).await.expect("created");
+    let batch = vec![
+        Op::Prepare(booking(6, "AB1", SeatChoice::Count(1))),
+        Op::Prepare(booking(7, "AB1", SeatChoice::Count(2))),
+    ];
+    fail::cfg("participant::batch_panics", &format!("return({})", txid(7))).expect("failpoint");
+    let running = store.clone();
+    let ran = tokio::spawn(async move { running.apply_batch(&batch).await }).await;
+    fail::remove("participant::batch_panics");
+    match ran {
+        Err(err) => assert!(err.is_panic(), "{err}"),
+        Ok(result) => panic!("the batch should have panicked, it returned {result:?}"),
+    }
+    let seats = seat_rows(store, "AB1").await;
+    assert!(
+        seats
+            .iter()
+            .all(|(_, state, txid)| state == "free" && txid.is_none()),
+        "the panicked batch left seats taken: {seats:?}"
+    );
+    let records: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM txns")
+        .fetch_one(store.pool())
+        .await
+        .expect("read");
+    assert_eq!(records, 0, "the panicked batch left txns records");
+    next_batch_votes_yes(store, 8).await;
+}
+
 // The `participant_prepared` gauge follows the batches' prepared_change, and
 // restarts from count_prepared: both must agree with the txns table.
 async fn prepared_change_counts_fresh_holds_and_decisions(store: &Store) {
@@ -682,6 +717,7 @@ batch_cases!(
     prepared_change_counts_fresh_holds_and_decisions,
     a_txid_prepared_and_aborted_in_one_batch_holds_nothing,
     a_batch_given_up_on_commits_whole_or_not_at_all,
+    a_batch_that_panics_writes_nothing,
 );
 
 /// PostgreSQL: the batch statements that find their rows by key (seat
