@@ -6,6 +6,13 @@
 //! follows the load only as far as the participant keeps up, like group
 //! commit.
 //!
+//! A batcher may also linger (`Limits::linger`): once its first entry is
+//! there, it waits that long for more before it calls, unless a call's
+//! worth is already waiting. Only the decisions' batchers linger: phase 2
+//! runs after the client's reply, and at low load a COMMIT batch per
+//! booking on each shard ran its local commit (and fsync) just as the next
+//! booking's PREPARE arrived there.
+//!
 //! Each submitter gets its own entry's result, as from its own call. With
 //! `Wait::UpToTimeout` (reservations: a client waits for the booking) the
 //! submitter's timeout also covers the wait in the queue; with
@@ -86,6 +93,9 @@ pub trait BatchCall<E, R>: Send + Sync + 'static {
 pub struct Limits {
     pub entries_max: usize,
     pub bytes_max: usize,
+    /// How long the first entry of a call waits for others (zero: not at
+    /// all); see the module docs.
+    pub linger: Duration,
 }
 
 impl<E: Send + 'static, R: Send + 'static> Batcher<E, R> {
@@ -150,6 +160,15 @@ async fn run<E: Send + 'static, R: Send + 'static, C: BatchCall<E, R>>(
         let mut taken = Vec::new();
         if queue.recv_many(&mut taken, limits.entries_max).await == 0 {
             return;
+        }
+        if !limits.linger.is_zero() && taken.len() < limits.entries_max {
+            tokio::time::sleep(limits.linger).await;
+            while taken.len() < limits.entries_max {
+                match queue.try_recv() {
+                    Ok(queued) => taken.push(queued),
+                    Err(_) => break,
+                }
+            }
         }
         let (shard, call) = (shard.clone(), Arc::clone(&call));
         tokio::spawn(async move {
@@ -284,6 +303,7 @@ mod tests {
         let limits = Limits {
             entries_max: 64,
             bytes_max: 1 << 20,
+            linger: Duration::ZERO,
         };
         let batcher = Batcher::start(
             "s0".into(),
@@ -337,6 +357,7 @@ mod tests {
         let limits = Limits {
             entries_max: 1,
             bytes_max: 1 << 20,
+            linger: Duration::ZERO,
         };
         let patient = Batcher::start(
             "s0".into(),
@@ -373,6 +394,52 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let sent = echo.calls.load(Ordering::SeqCst) - 40;
         assert!(sent < 40, "{sent} of 40 abandoned entries were sent anyway");
+    }
+
+    /// Entries that arrive one after another, 2 ms apart, each go in a
+    /// call of their own without a linger, and in one call with a linger
+    /// longer than their spread; a full call does not wait for it.
+    #[tokio::test]
+    async fn a_lingering_batcher_gathers_what_comes_within_its_linger() {
+        async fn calls_for_trickle(linger: Duration, entries_max: usize) -> usize {
+            let echo = Arc::new(Echo::default());
+            let limits = Limits {
+                entries_max,
+                bytes_max: 1 << 20,
+                linger,
+            };
+            let batcher = Batcher::start(
+                "s0".into(),
+                limits,
+                Wait::ForTheCall,
+                |_| 8,
+                Arc::clone(&echo),
+            );
+            let submits = (0..5).map(|n| {
+                let batcher = batcher.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(2 * n as u64)).await;
+                    batcher.submit(n, Duration::from_secs(5)).await
+                }
+            });
+            for (n, result) in futures::future::join_all(submits)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                assert_eq!(result.expect("answered"), n as i64 * 10);
+            }
+            echo.calls.load(Ordering::SeqCst)
+        }
+        // The echo call takes 5 ms, so without a linger the 2 ms trickle
+        // also gathers a little while calls are in flight: at least 2 calls.
+        let unlingered = calls_for_trickle(Duration::ZERO, 64).await;
+        assert!(unlingered >= 2, "{unlingered} calls without a linger");
+        assert_eq!(calls_for_trickle(Duration::from_millis(100), 64).await, 1);
+        // Each call is full at its first entry: no linger, one call each.
+        let started = std::time::Instant::now();
+        assert_eq!(calls_for_trickle(Duration::from_secs(60), 1).await, 5);
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]

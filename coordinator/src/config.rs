@@ -8,7 +8,7 @@
 //! default_timeout_ms = 2000
 //! # optional: inflight_max = 4096, segment_bytes_max = 67108864,
 //! # log_retention_secs = 600, group_commit = true, batch_calls = true,
-//! # metrics_listen = "127.0.0.1:9100"
+//! # decision_linger_ms = 5, metrics_listen = "127.0.0.1:9100"
 //! [[shards]]
 //! name = "s0"
 //! address = "http://127.0.0.1:7101"
@@ -57,6 +57,12 @@ fn default_true() -> bool {
 fn default_log_retention_secs() -> u64 {
     600
 }
+fn default_decision_linger_ms() -> u64 {
+    5
+}
+/// Most `decision_linger_ms` accepted: longer holds seats in `held`, and
+/// delays END records, for no gain.
+pub const DECISION_LINGER_MS_MAX: u64 = 1_000;
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -82,6 +88,13 @@ pub struct Config {
     /// only for the naive benchmark.
     #[serde(default = "default_true")]
     pub batch_calls: bool,
+    /// With `batch_calls`: how long phase 2 lets a shard's first decision
+    /// wait for others before its `DecideMany` call (`crate::batcher`).
+    /// After the client's reply, so a booking's answer never waits for it;
+    /// its seats read `held` rather than `booked` that much longer. 0: no
+    /// wait.
+    #[serde(default = "default_decision_linger_ms")]
+    pub decision_linger_ms: u64,
     /// Retention: a closed log segment whose transactions all ended at least
     /// this long ago is deleted, and its transactions forgotten (their
     /// idempotency keys honoured no longer). See `crate::retention`.
@@ -123,6 +136,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "inflight_max must be at least 1".into(),
             ));
+        }
+        if config.decision_linger_ms > DECISION_LINGER_MS_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "decision_linger_ms must be at most {DECISION_LINGER_MS_MAX} (it is {})",
+                config.decision_linger_ms
+            )));
         }
         Ok(config)
     }
@@ -249,6 +268,31 @@ mod tests {
             "{overlap}"
         );
         assert!(ShardMap::new(8, &[shard("a", "0-7"), shard("a", "")]).is_err());
+    }
+
+    /// `decision_linger_ms`: 5 when absent, refused past its maximum with
+    /// a message naming the setting.
+    #[test]
+    fn the_decision_linger_defaults_to_5_ms_and_is_bounded() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("coordinator.toml");
+        let write = |extra: &str| {
+            let text = format!(
+                "listen = \"127.0.0.1:7000\"\nlog_dir = \"log\"\npartitions = 4\n{extra}\n\
+                 [[shards]]\nname = \"s0\"\naddress = \"http://127.0.0.1:7101\"\npartitions = \"0-3\"\n"
+            );
+            std::fs::write(&path, text).expect("write config");
+        };
+        write("");
+        assert_eq!(Config::load(&path).expect("valid").decision_linger_ms, 5);
+        write("decision_linger_ms = 0");
+        assert_eq!(Config::load(&path).expect("valid").decision_linger_ms, 0);
+        write(&format!(
+            "decision_linger_ms = {}",
+            DECISION_LINGER_MS_MAX + 1
+        ));
+        let err = Config::load(&path).expect_err("too long a linger");
+        assert!(err.to_string().contains("decision_linger_ms"), "{err}");
     }
 
     #[test]

@@ -34,8 +34,8 @@ use uuid::Uuid;
 
 use crate::config::{Config, ShardMap};
 use crate::failpoints::crash_point;
-use crate::metrics;
 use crate::log::{DecisionLog, Durability, LogError};
+use crate::metrics;
 use crate::protocol::{Decided, VoteEvent, VoteTally};
 use crate::records::{fingerprint, TxnHeader};
 use crate::registry::{now_ms, NewTxn, Registered, Registry};
@@ -91,7 +91,11 @@ impl Core {
         fatal: CancellationToken,
     ) -> anyhow::Result<Core> {
         let map = config.shard_map()?;
-        let shards = ShardClients::new(&map, config.batch_calls)?;
+        let shards = ShardClients::new(
+            &map,
+            config.batch_calls,
+            Duration::from_millis(config.decision_linger_ms),
+        )?;
         Ok(Core {
             map,
             shards,
@@ -126,10 +130,11 @@ impl Core {
         })?;
         let plan = self.plan(&request);
         let txid = plan.header.txid;
-        match self
-            .registry
-            .register(restored_txn(&plan.header, now_ms(), self.log.current_segment()))
-        {
+        match self.registry.register(restored_txn(
+            &plan.header,
+            now_ms(),
+            self.log.current_segment(),
+        )) {
             Registered::New => {}
             Registered::Retry { txid, reply } => return await_reply(txid, reply, timeout).await,
             Registered::KeyReused { txid } => {

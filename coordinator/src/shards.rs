@@ -153,7 +153,11 @@ impl ShardClients {
     /// The clients, and with `batch_calls` the batchers' sender tasks (so
     /// this must run inside a tokio runtime); the senders stop once every
     /// clone of the clients is dropped.
-    pub fn new(map: &ShardMap, batch_calls: bool) -> Result<ShardClients, tonic::transport::Error> {
+    pub fn new(
+        map: &ShardMap,
+        batch_calls: bool,
+        decision_linger: Duration,
+    ) -> Result<ShardClients, tonic::transport::Error> {
         let mut names = Vec::new();
         let mut clients = Vec::new();
         for shard in map.shards() {
@@ -175,6 +179,7 @@ impl ShardClients {
                         Limits {
                             entries_max: RESERVATIONS_PER_CALL_MAX,
                             bytes_max: BATCHED_CALL_BYTES_MAX,
+                            linger: Duration::ZERO,
                         },
                         // A client waits for the booking: its deadline
                         // covers the queue too.
@@ -190,6 +195,7 @@ impl ShardClients {
                         Limits {
                             entries_max: DECISIONS_PER_CALL_MAX,
                             bytes_max: BATCHED_CALL_BYTES_MAX,
+                            linger: decision_linger,
                         },
                         // Phase 2 is retried until acknowledged: a decision
                         // timed out in the queue would only be queued again.
