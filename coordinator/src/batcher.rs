@@ -396,9 +396,9 @@ mod tests {
         assert!(sent < 40, "{sent} of 40 abandoned entries were sent anyway");
     }
 
-    /// Entries that arrive one after another, 2 ms apart, each go in a
-    /// call of their own without a linger, and in one call with a linger
-    /// longer than their spread; a full call does not wait for it.
+    /// Entries that arrive one after another, 2 ms apart, go in several
+    /// calls without a linger, and in one call with a linger longer than
+    /// their spread; a full call does not wait for it.
     #[tokio::test]
     async fn a_lingering_batcher_gathers_what_comes_within_its_linger() {
         async fn calls_for_trickle(linger: Duration, entries_max: usize) -> usize {
