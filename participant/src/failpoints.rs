@@ -21,8 +21,8 @@ pub fn crash_point(name: &str) {
     });
 }
 
-/// Panics when `participant::batch_panics` is armed with the txid of one of
-/// `ops` (see the module docs).
+/// Panics when `participant::batch_panics` is armed: with `return`, in
+/// any batch; with `return(<txid>)`, when one of `ops` is for that txid.
 pub fn batch_panic_point(ops: &[crate::op::Op]) {
     fail::eval("participant::batch_panics", |txid| {
         let holds = |txid: &str| {
