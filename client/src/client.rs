@@ -10,6 +10,7 @@
 
 mod leg_spec;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use booking_proto::v1::coordinator_client::CoordinatorClient;
@@ -17,15 +18,19 @@ use booking_proto::v1::get_transaction_request::Key;
 use booking_proto::v1::participant_client::ParticipantClient;
 use booking_proto::v1::{
     BookReply, BookRequest, CreateFlightRequest, FlightInventory, GetFlightRequest, GetRouteReply,
-    GetRouteRequest, GetTransactionRequest, ListTxnsReply, ListTxnsRequest, RetryTransactionRequest,
-    TransactionStatus,
+    GetRouteRequest, GetTransactionRequest, ListTxnsReply, ListTxnsRequest,
+    RetryTransactionRequest, TransactionStatus,
 };
 use tonic::transport::{Channel, Endpoint};
 
 pub use leg_spec::LegSpec;
 
+use crate::throttle::{Sent, Throttle, ThrottleOptions, ThrottleOptionsError};
+
 /// How long connecting to a service may take before it is called unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The metadata key of the coordinator's retry hint, in milliseconds.
+pub const RETRY_AFTER_KEY: &str = "retry-after-ms";
 /// Default time a call may take: above the largest booking deadline
 /// (`limits::TIMEOUT_MS_MAX`, 60 s), so a slow booking is answered by the
 /// coordinator rather than cut off by the client.
@@ -42,7 +47,16 @@ pub enum ClientError {
     Connect { url: String, detail: String },
     /// The service (or the transport) answered with a gRPC status.
     #[error("{} ({}): {message}", code_name(*.code), *.code as i32)]
-    Status { code: tonic::Code, message: String },
+    Status {
+        code: tonic::Code,
+        message: String,
+        /// The `retry-after-ms` hint an overload refusal carries.
+        retry_after: Option<Duration>,
+    },
+    /// Not sent: the coordinator has been refusing bookings for overload,
+    /// and this client's [`Throttle`] refused this one too, before sending.
+    #[error("RESOURCE_EXHAUSTED (8): not sent: the coordinator is overloaded and this client sends only part of its bookings ({percent:.0}% refused locally); retry after {} ms", .retry_after.as_millis())]
+    Throttled { retry_after: Duration, percent: f64 },
     /// A leg written as text (`"BA117:2"`) could not be parsed.
     #[error("leg {spec:?}: {problem}")]
     BadLegSpec { spec: String, problem: String },
@@ -53,7 +67,29 @@ impl ClientError {
     pub fn code(&self) -> Option<tonic::Code> {
         match self {
             ClientError::Status { code, .. } => Some(*code),
+            ClientError::Throttled { .. } => Some(tonic::Code::ResourceExhausted),
             _ => None,
+        }
+    }
+
+    /// How long to wait before retrying, when the refusal said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Status { retry_after, .. } => *retry_after,
+            ClientError::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// True for an overload refusal (by the coordinator, with its retry
+    /// hint, or by this client's throttle): the booking was not attempted.
+    pub fn is_overload(&self) -> bool {
+        match self {
+            ClientError::Status {
+                code, retry_after, ..
+            } => *code == tonic::Code::ResourceExhausted && retry_after.is_some(),
+            ClientError::Throttled { .. } => true,
+            _ => false,
         }
     }
 
@@ -63,7 +99,7 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         use tonic::Code;
         match self {
-            ClientError::Connect { .. } => true,
+            ClientError::Connect { .. } | ClientError::Throttled { .. } => true,
             ClientError::Status { code, .. } => matches!(
                 code,
                 Code::Unavailable
@@ -81,8 +117,15 @@ impl From<tonic::Status> for ClientError {
         ClientError::Status {
             code: status.code(),
             message: status.message().to_owned(),
+            retry_after: retry_after(&status),
         }
     }
+}
+
+/// The `retry-after-ms` hint of a status, when it carries a valid one.
+pub fn retry_after(status: &tonic::Status) -> Option<Duration> {
+    let text = status.metadata().get(RETRY_AFTER_KEY)?.to_str().ok()?;
+    text.parse().ok().map(Duration::from_millis)
 }
 
 /// The canonical upper-case name of a gRPC code, as grpcurl prints it.
@@ -129,6 +172,28 @@ async fn connect_channel(url: &str) -> Result<Channel, ClientError> {
         })
 }
 
+/// What a booking's answer tells a [`Throttle`]: only an overload refusal
+/// (RESOURCE_EXHAUSTED with a retry hint) counts against the coordinator.
+pub fn sent_of<T>(result: &Result<T, tonic::Status>) -> Sent {
+    match result {
+        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+            match retry_after(status) {
+                Some(hint) => Sent::Refused {
+                    retry_after: Some(hint),
+                },
+                // Too large a message, not overload.
+                None => Sent::Accepted,
+            }
+        }
+        _ => Sent::Accepted,
+    }
+}
+
+/// The throttle a new [`BookingClient`] starts with.
+fn default_throttle() -> Arc<Throttle> {
+    Arc::new(Throttle::new(ThrottleOptions::default()).expect("the default options are valid"))
+}
+
 /// Wraps a message in a request that gives up after `timeout`.
 fn request_with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -137,12 +202,19 @@ fn request_with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
 }
 
 /// A client of the coordinator. Cheap to clone: clones share one HTTP/2
-/// connection, on which calls run concurrently.
+/// connection, on which calls run concurrently, and one [`Throttle`].
+///
+/// Bookings go through adaptive client-side throttling ([`crate::throttle`]):
+/// while the coordinator refuses bookings for overload, the client sends
+/// only about 1.1 times what it admits and refuses the rest itself, at once,
+/// with [`ClientError::Throttled`] (RESOURCE_EXHAUSTED and a retry hint).
+/// It never refuses while the coordinator admits everything.
 #[derive(Clone, Debug)]
 pub struct BookingClient {
     url: String,
     coordinator: CoordinatorClient<Channel>,
     request_timeout: Duration,
+    throttle: Option<Arc<Throttle>>,
 }
 
 impl BookingClient {
@@ -153,6 +225,7 @@ impl BookingClient {
             url: url.to_owned(),
             coordinator: CoordinatorClient::new(channel),
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
+            throttle: Some(default_throttle()),
         })
     }
 
@@ -164,6 +237,7 @@ impl BookingClient {
             url: url.to_owned(),
             coordinator: CoordinatorClient::new(channel),
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
+            throttle: Some(default_throttle()),
         })
     }
 
@@ -172,6 +246,21 @@ impl BookingClient {
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
+    }
+
+    /// The same client with its own throttle of `options`, or none: every
+    /// booking sent, whatever the coordinator has been refusing.
+    pub fn with_throttle(
+        mut self,
+        options: Option<ThrottleOptions>,
+    ) -> Result<Self, ThrottleOptionsError> {
+        self.throttle = options.map(Throttle::new).transpose()?.map(Arc::new);
+        Ok(self)
+    }
+
+    /// The throttle bookings go through, if any.
+    pub fn throttle(&self) -> Option<&Throttle> {
+        self.throttle.as_deref()
     }
 
     /// The coordinator's address.
@@ -187,8 +276,18 @@ impl BookingClient {
     /// Books an itinerary. Sold-out and other business outcomes are replies
     /// (`outcome == ABORTED`); bad requests and overload are errors.
     pub async fn book(&self, request: BookRequest) -> Result<BookReply, ClientError> {
+        if let Some(throttle) = &self.throttle {
+            throttle.admit().map_err(|refusal| ClientError::Throttled {
+                retry_after: refusal.retry_after,
+                percent: refusal.share * 100.0,
+            })?;
+        }
         let request = request_with_timeout(request, self.request_timeout);
-        Ok(self.coordinator.clone().book(request).await?.into_inner())
+        let result = self.coordinator.clone().book(request).await;
+        if let Some(throttle) = &self.throttle {
+            throttle.record(sent_of(&result));
+        }
+        Ok(result?.into_inner())
     }
 
     /// The coordinator's record of transaction `txid`.
@@ -393,6 +492,41 @@ mod tests {
         );
         assert!(!error.is_retryable());
         assert!(ClientError::from(tonic::Status::resource_exhausted("busy")).is_retryable());
+    }
+
+    #[test]
+    fn an_overload_refusal_keeps_its_retry_hint() {
+        let mut status = tonic::Status::resource_exhausted("coordinator overloaded");
+        status
+            .metadata_mut()
+            .insert(RETRY_AFTER_KEY, "40".parse().expect("digits"));
+        assert_eq!(
+            sent_of::<()>(&Err(status.clone())),
+            Sent::Refused {
+                retry_after: Some(Duration::from_millis(40))
+            }
+        );
+        let error = ClientError::from(status);
+        assert!(error.is_overload() && error.is_retryable());
+        assert_eq!(error.retry_after(), Some(Duration::from_millis(40)));
+        // Too large a message is RESOURCE_EXHAUSTED too, but not overload.
+        let too_large = tonic::Status::resource_exhausted("request is 99999 bytes");
+        assert_eq!(sent_of::<()>(&Err(too_large.clone())), Sent::Accepted);
+        assert!(!ClientError::from(too_large).is_overload());
+        assert_eq!(
+            sent_of::<()>(&Err(tonic::Status::unavailable("down"))),
+            Sent::Accepted
+        );
+        let throttled = ClientError::Throttled {
+            retry_after: Duration::from_millis(25),
+            percent: 80.0,
+        };
+        assert_eq!(throttled.code(), Some(tonic::Code::ResourceExhausted));
+        assert!(throttled.is_overload() && throttled.is_retryable());
+        assert_eq!(
+            throttled.to_string(),
+            "RESOURCE_EXHAUSTED (8): not sent: the coordinator is overloaded and this client sends only part of its bookings (80% refused locally); retry after 25 ms"
+        );
     }
 
     #[tokio::test]

@@ -16,6 +16,9 @@
 //! - [`bench`]: `bookctl bench`, throughput and latency of 2PC against its
 //!   baselines on real processes.
 //! - [`render`]: human and JSON renderings of replies for `bookctl`.
+//! - [`throttle`]: adaptive client-side throttling, which [`BookingClient`]
+//!   uses so that an overloaded coordinator is not flooded with bookings it
+//!   would only refuse.
 //!
 //! The library writes nothing on the wire that the `.proto` contract does not
 //! define; it writes to disk only under the data directories it is given
@@ -29,6 +32,7 @@ pub mod demo;
 pub mod load;
 pub mod pg;
 pub mod render;
+pub mod throttle;
 
 /// An error and its causes as one line, `a: b: c`, skipping a cause whose
 /// text repeats the previous one (transport errors often wrap themselves).

@@ -435,7 +435,9 @@ pub async fn book_with_retries(
         let result = client.book(request.clone()).await;
         match &result {
             Err(error) if error.is_retryable() && retries < retries_max => {
-                let backoff = RETRY_BACKOFF_FIRST * 2u32.pow(retries);
+                // At least what an overload refusal asked for.
+                let backoff = (RETRY_BACKOFF_FIRST * 2u32.pow(retries))
+                    .max(error.retry_after().unwrap_or_default());
                 let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..50));
                 tokio::time::sleep(backoff + jitter).await;
                 retries += 1;
