@@ -6,7 +6,7 @@
 //! log_dir = "data/log"
 //! partitions = 64
 //! default_timeout_ms = 2000
-//! # optional: inflight_max = 4096, segment_bytes_max = 67108864,
+//! # optional: inflight_max = 256, segment_bytes_max = 67108864,
 //! # log_retention_secs = 600, group_commit = true, batch_calls = true,
 //! # decision_linger_ms = 5, metrics_listen = "127.0.0.1:9100"
 //! [[shards]]
@@ -45,8 +45,15 @@ pub enum ConfigError {
 fn default_timeout_ms() -> u32 {
     2_000
 }
+/// The shipped admission limit. About what keeps this project's 2-core
+/// reference machine at its peak (the best closed-loop cell of `bookctl
+/// bench` has 256 clients); more in flight only queues in the
+/// participants, adding latency without adding bookings (BENCHMARKS.md,
+/// "Overload"). Raise it with the machine.
+pub const INFLIGHT_MAX_DEFAULT: usize = 256;
+
 fn default_inflight_max() -> usize {
-    4_096
+    INFLIGHT_MAX_DEFAULT
 }
 fn default_segment_bytes_max() -> u64 {
     64 * 1024 * 1024
@@ -75,7 +82,7 @@ pub struct Config {
     #[serde(default = "default_timeout_ms")]
     pub default_timeout_ms: u32,
     /// Admission control: bookings in flight at once; the excess is refused
-    /// with RESOURCE_EXHAUSTED.
+    /// with RESOURCE_EXHAUSTED and a retry hint. Default [`INFLIGHT_MAX_DEFAULT`].
     #[serde(default = "default_inflight_max")]
     pub inflight_max: usize,
     #[serde(default = "default_segment_bytes_max")]

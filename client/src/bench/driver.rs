@@ -16,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::task::JoinSet;
 
+use super::cpu::CpuScope;
 use super::workload::{CellFlights, Flight};
 
 /// Largest latency recorded, in microseconds (longer is clamped).
@@ -39,6 +40,9 @@ pub enum Answer {
     Refused {
         retry_hint: bool,
     },
+    /// Refused by the client's own throttle, not sent (RESOURCE_EXHAUSTED
+    /// with a retry hint, as the client library answers it).
+    Throttled,
     /// No answer: an error status or a database error (named).
     Failed(String),
 }
@@ -79,15 +83,20 @@ pub struct Tally {
     pub sold_out: u64,
     /// Other aborts by reason.
     pub aborted: BTreeMap<String, u64>,
+    /// Refused by the coordinator.
     pub refused: u64,
-    /// Refusals that carried `retry-after-ms`.
+    /// Refusals by the coordinator that carried `retry-after-ms`.
     pub refused_with_hint: u64,
+    /// Refused by the client's throttle, never sent.
+    pub throttled: u64,
     /// Failures by gRPC code or error kind.
     pub failed: BTreeMap<String, u64>,
     /// Latency of answered bookings (committed or aborted), microseconds.
     pub answered_us: Histogram<u64>,
-    /// Latency of refusals, microseconds.
+    /// Latency of the coordinator's refusals, microseconds.
     pub refused_us: Histogram<u64>,
+    /// Latency of the client throttle's refusals, microseconds.
+    pub throttled_us: Histogram<u64>,
 }
 
 impl Default for Tally {
@@ -98,9 +107,11 @@ impl Default for Tally {
             aborted: BTreeMap::new(),
             refused: 0,
             refused_with_hint: 0,
+            throttled: 0,
             failed: BTreeMap::new(),
             answered_us: histogram(),
             refused_us: histogram(),
+            throttled_us: histogram(),
         }
     }
 }
@@ -117,6 +128,10 @@ impl Tally {
                 self.refused_with_hint += u64::from(*retry_hint);
                 self.refused_us.saturating_record(micros);
             }
+            Answer::Throttled => {
+                self.throttled += 1;
+                self.throttled_us.saturating_record(micros);
+            }
             Answer::Failed(kind) => *self.failed.entry(kind.clone()).or_default() += 1,
         }
         if answer.is_answered() {
@@ -129,6 +144,7 @@ impl Tally {
         self.sold_out += other.sold_out;
         self.refused += other.refused;
         self.refused_with_hint += other.refused_with_hint;
+        self.throttled += other.throttled;
         for (reason, count) in &other.aborted {
             *self.aborted.entry(reason.clone()).or_default() += count;
         }
@@ -140,6 +156,9 @@ impl Tally {
             .expect("histograms share their bounds");
         self.refused_us
             .add(&other.refused_us)
+            .expect("histograms share their bounds");
+        self.throttled_us
+            .add(&other.throttled_us)
             .expect("histograms share their bounds");
     }
 
@@ -161,9 +180,28 @@ impl Tally {
         self.answered_us.value_at_quantile(quantile) as f64 / 1e3
     }
 
-    /// Refusal latency at `quantile`, in milliseconds.
+    /// Refusals by the coordinator and by the client's throttle.
+    pub fn refused_all(&self) -> u64 {
+        self.refused + self.throttled
+    }
+
+    /// Latency at `quantile` of the coordinator's refusals, in milliseconds.
     pub fn refused_ms(&self, quantile: f64) -> f64 {
         self.refused_us.value_at_quantile(quantile) as f64 / 1e3
+    }
+
+    /// Latency at `quantile` of the client throttle's refusals, in milliseconds.
+    pub fn throttled_ms(&self, quantile: f64) -> f64 {
+        self.throttled_us.value_at_quantile(quantile) as f64 / 1e3
+    }
+
+    /// Latency at `quantile` of every refusal, by either, in milliseconds:
+    /// what the callers saw.
+    pub fn refused_all_ms(&self, quantile: f64) -> f64 {
+        let mut all = self.refused_us.clone();
+        all.add(&self.throttled_us)
+            .expect("histograms share their bounds");
+        all.value_at_quantile(quantile) as f64 / 1e3
     }
 }
 
@@ -188,11 +226,20 @@ impl<B> Clone for Load<B> {
 }
 
 impl<B: Booker> Load<B> {
-    async fn book_one(&self, rng: &mut StdRng, client: usize, n: u64) -> (Answer, Duration) {
+    /// Books one itinerary; its latency counts from `arrived` (now, for a
+    /// closed-loop client; when the open-loop issuer started it, so that
+    /// time spent waiting for a worker thread counts too).
+    async fn book_one(
+        &self,
+        rng: &mut StdRng,
+        client: usize,
+        n: u64,
+        arrived: Option<Instant>,
+    ) -> (Answer, Duration) {
         let legs = self.flights.itinerary(rng);
         let key = format!("{}-{client}-{n}", self.key_prefix);
         let passenger = format!("P{client}-{n}");
-        let started = Instant::now();
+        let started = arrived.unwrap_or_else(Instant::now);
         let answer = self.booker.book(&key, &passenger, &legs).await;
         (answer, started.elapsed())
     }
@@ -214,7 +261,7 @@ pub async fn closed_loop<B: Booker>(
             let mut tally = Tally::default();
             let mut n = 0;
             while started.elapsed() < duration {
-                let (answer, latency) = load.book_one(&mut rng, client, n).await;
+                let (answer, latency) = load.book_one(&mut rng, client, n, None).await;
                 tally.record(&answer, latency);
                 n += 1;
             }
@@ -243,6 +290,8 @@ pub struct OpenLoop {
     pub good_in_window: u64,
     /// Bookings still unanswered after the drain limit.
     pub unfinished: u64,
+    /// CPU seconds this process used while the arrivals ran (not after).
+    pub own_cpu_seconds: f64,
 }
 
 impl OpenLoop {
@@ -258,35 +307,47 @@ impl OpenLoop {
 /// Starts bookings at `rate_per_s` for `duration`, each on its own task
 /// whatever happened to the others, then waits for the stragglers.
 pub async fn open_loop<B: Booker>(load: &Load<B>, rate_per_s: f64, duration: Duration) -> OpenLoop {
+    let own = CpuScope::default();
+    let cpu_before = own.seconds();
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     let mut rng = StdRng::seed_from_u64(load.seed);
     let mut issued: u64 = 0;
     let mut ticker = tokio::time::interval(ISSUE_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut tally = Tally::default();
+    let mut good_in_window = 0;
+    let count = |tally: &mut Tally, (answer, latency, at): (Answer, Duration, Duration)| {
+        tally.record(&answer, latency);
+        u64::from(answer.is_good() && at <= duration)
+    };
     while started.elapsed() < duration {
         ticker.tick().await;
+        // Tally what has finished as it comes, so that the finished tasks
+        // do not pile up in memory for the whole window.
+        while let Some(done) = tasks.try_join_next() {
+            let done = done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            good_in_window += count(&mut tally, done);
+        }
         let due = (started.elapsed().min(duration).as_secs_f64() * rate_per_s) as u64;
         while issued < due {
             let load = load.clone();
             let mut task_rng = StdRng::seed_from_u64(rand::Rng::gen(&mut rng));
             let n = issued;
+            let arrived = Instant::now();
             tasks.spawn(async move {
-                let (answer, latency) = load.book_one(&mut task_rng, 0, n).await;
+                let (answer, latency) = load.book_one(&mut task_rng, 0, n, Some(arrived)).await;
                 (answer, latency, started.elapsed())
             });
             issued += 1;
         }
     }
     let window = started.elapsed();
-    let mut tally = Tally::default();
-    let mut good_in_window = 0;
+    let own_cpu_seconds = own.seconds() - cpu_before;
     let drain_until = tokio::time::Instant::now() + DRAIN_MAX;
     while let Ok(Some(done)) = tokio::time::timeout_at(drain_until, tasks.join_next()).await {
-        let (answer, latency, at) =
-            done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        tally.record(&answer, latency);
-        good_in_window += u64::from(answer.is_good() && at <= window);
+        let done = done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        good_in_window += count(&mut tally, done);
     }
     let unfinished = tasks.len() as u64;
     tasks.abort_all();
@@ -296,6 +357,7 @@ pub async fn open_loop<B: Booker>(load: &Load<B>, rate_per_s: f64, duration: Dur
         window,
         good_in_window,
         unfinished,
+        own_cpu_seconds,
     }
 }
 
@@ -345,9 +407,14 @@ mod tests {
         tally.record(&Answer::Aborted("DEADLINE".into()), ms(8));
         tally.record(&Answer::Refused { retry_hint: true }, ms(1));
         tally.record(&Answer::Refused { retry_hint: false }, ms(1));
+        tally.record(&Answer::Throttled, ms(3));
         tally.record(&Answer::Failed("UNAVAILABLE".into()), ms(100));
         assert_eq!(tally.answered(), 3);
         assert_eq!((tally.refused, tally.refused_with_hint), (2, 1));
+        assert_eq!((tally.throttled, tally.refused_all()), (1, 3));
+        assert!((tally.refused_all_ms(1.0) - 3.0).abs() < 0.01);
+        assert!((tally.refused_ms(1.0) - 1.0).abs() < 0.01);
+        assert!((tally.throttled_ms(0.5) - 3.0).abs() < 0.01);
         assert_eq!(tally.failed_total(), 1);
         assert_eq!(tally.answered_us.len(), 3);
         assert!((tally.answered_ms(1.0) - 8.0).abs() < 0.01);
@@ -357,6 +424,7 @@ mod tests {
         merged.merge(&tally);
         assert_eq!(merged.answered(), 6);
         assert_eq!(merged.aborted["DEADLINE"], 2);
+        assert_eq!(merged.throttled, 2);
     }
 
     #[tokio::test]

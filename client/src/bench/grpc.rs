@@ -21,8 +21,9 @@ use super::driver::{Answer, Booker};
 use super::scrape::{self, ClusterSamples};
 use super::workload::{Flight, FlightSet, SEAT_LETTERS, SEAT_ROWS};
 use super::BenchError;
-use crate::client::{code_name, BookingClient, ParticipantAdmin};
+use crate::client::{code_name, sent_of, BookingClient, ParticipantAdmin};
 use crate::cluster::{Backend, Cluster, ClusterSpec, ProcessId};
+use crate::throttle::Throttle;
 
 /// Clients per HTTP/2 connection to the coordinator.
 pub const CLIENTS_PER_CONNECTION: usize = 32;
@@ -141,6 +142,7 @@ impl ClusterSystem {
             clients: self.coordinators[..connections].to_vec(),
             next: AtomicUsize::new(0),
             mode,
+            throttle: None,
         }
     }
 
@@ -178,9 +180,18 @@ pub struct GrpcBooker {
     clients: Vec<CoordinatorClient<Channel>>,
     next: AtomicUsize,
     mode: Mode,
+    /// The client library's throttle, shared by every booking, as a
+    /// [`crate::BookingClient`] has it; None for bare generated stubs.
+    throttle: Option<Throttle>,
 }
 
 impl GrpcBooker {
+    /// The same booker, its bookings going through `throttle`.
+    pub fn with_throttle(mut self, throttle: Option<Throttle>) -> GrpcBooker {
+        self.throttle = throttle;
+        self
+    }
+
     fn request(&self, key: &str, passenger: &str, legs: &[Flight; 2]) -> BookRequest {
         BookRequest {
             idempotency_key: key.to_string(),
@@ -222,9 +233,18 @@ impl Booker for GrpcBooker {
     async fn book(&self, key: &str, passenger: &str, legs: &[Flight; 2]) -> Answer {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
         let mut client = self.clients[index].clone();
+        if let Some(throttle) = &self.throttle {
+            if throttle.admit().is_err() {
+                return Answer::Throttled;
+            }
+        }
         let mut request = tonic::Request::new(self.request(key, passenger, legs));
         request.set_timeout(CALL_TIMEOUT);
-        answer_of(client.book(request).await.map(tonic::Response::into_inner))
+        let result = client.book(request).await.map(tonic::Response::into_inner);
+        if let Some(throttle) = &self.throttle {
+            throttle.record(sent_of(&result));
+        }
+        answer_of(result)
     }
 }
 
@@ -283,6 +303,7 @@ mod tests {
             clients: Vec::new(),
             next: AtomicUsize::new(0),
             mode: Mode::Saga,
+            throttle: None,
         };
         let flight = |id: &str, shard| Flight {
             id: id.into(),

@@ -7,14 +7,19 @@
 //!    (each on its own task, whatever happens to the others, no retries).
 //!    Measured: goodput (committed or sold-out answers within the window,
 //!    per second) against the peak, p99 of the admitted bookings against
-//!    the peak's p99, refusals (RESOURCE_EXHAUSTED), their latency, and
-//!    whether each carried the `retry-after-ms` hint.
-//! 3. The surge again with the coordinator's `inflight_max` set to the
-//!    peak's client count instead of the shipped default (a configuration
-//!    key, set in coordinator.toml and the coordinator restarted): what the
-//!    admission limit does when it is sized to the machine.
+//!    the peak's p99, refusals (RESOURCE_EXHAUSTED), their latency (from
+//!    the booking's arrival), and whether each carried the `retry-after-ms`
+//!    hint. Twice: first through the client library's adaptive throttle
+//!    ([`crate::throttle`], on in [`crate::BookingClient`]), which refuses
+//!    locally most of what the coordinator would only refuse; then through
+//!    bare generated stubs, every booking sent (what a client in any
+//!    language gets from our .proto files).
+//! 3. When the peak's client count is not the shipped `inflight_max`, both
+//!    surges again with `inflight_max` set to it (a configuration key, set
+//!    in coordinator.toml and the coordinator restarted): what the admission
+//!    limit does when it is sized to the machine.
 //!
-//! The coordinator itself is not changed.
+//! The coordinator's code is not changed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,18 +27,18 @@ use std::time::Duration;
 use booking_proto::v1::Mode;
 
 use super::args::{Db, Variant, Workload};
-use super::cpu::CpuScope;
 use super::driver::{open_loop, Load, OpenLoop};
 use super::grpc::{ClusterKind, CLIENTS_PER_CONNECTION, CONNECTIONS_MAX};
 use super::report::{number, CellResult, OverloadRun};
 use super::system::{Engine, System};
 use super::{say, BenchError, Runner, SEED};
 use crate::cluster::ProcessId;
+use crate::throttle::{Throttle, ThrottleOptions};
 
 /// Offered load as a multiple of the peak.
 pub const SURGE_FACTOR: f64 = 10.0;
 /// The coordinator's default admission limit (`inflight_max`).
-pub const INFLIGHT_MAX_SHIPPED: usize = 4096;
+pub const INFLIGHT_MAX_SHIPPED: usize = coordinator::config::INFLIGHT_MAX_DEFAULT;
 
 /// Runs the peak search and both surges on `db`.
 pub async fn run(runner: &mut Runner, db: Db) -> Result<(), BenchError> {
@@ -64,13 +69,22 @@ pub async fn run(runner: &mut Runner, db: Db) -> Result<(), BenchError> {
         runner.output.cells.push(cell);
     }
     let peak = peak.expect("options hold at least one concurrency");
-    let shipped = surge(runner, &mut system, db, &peak, INFLIGHT_MAX_SHIPPED).await?;
-    runner.emit("overload", &shipped);
-    runner.output.overloads.push(shipped);
-    limit_inflight(&mut system, peak.clients).await?;
-    let sized = surge(runner, &mut system, db, &peak, peak.clients).await?;
-    runner.emit("overload", &sized);
-    runner.output.overloads.push(sized);
+    let mut limits = vec![INFLIGHT_MAX_SHIPPED];
+    if peak.clients != INFLIGHT_MAX_SHIPPED {
+        limits.push(peak.clients);
+    }
+    for inflight_max in limits {
+        if inflight_max != INFLIGHT_MAX_SHIPPED {
+            limit_inflight(&mut system, inflight_max).await?;
+        }
+        // The shipped client first: the bare stubs' surge leaves bookings
+        // running long after its window.
+        for throttle in [Some(ThrottleOptions::default()), None] {
+            let run = surge(runner, &mut system, db, &peak, inflight_max, throttle).await?;
+            runner.emit("overload", &run);
+            runner.output.overloads.push(run);
+        }
+    }
     system.stop().await;
     drop(pg);
     Ok(())
@@ -105,20 +119,28 @@ pub fn with_inflight_max(config: &str, inflight_max: usize) -> String {
     format!("inflight_max = {inflight_max}\n{kept}")
 }
 
-/// One open-loop surge at SURGE_FACTOR × the peak.
+/// One open-loop surge at SURGE_FACTOR × the peak, through a fresh
+/// client throttle of `throttle` (None: bare stubs).
 async fn surge(
     runner: &mut Runner,
     system: &mut System,
     db: Db,
     peak: &CellResult,
     inflight_max: usize,
+    throttle: Option<ThrottleOptions>,
 ) -> Result<OverloadRun, BenchError> {
     let flights = system.flights_for(Workload::Uniform).await?;
     let Engine::Cluster(cluster) = &system.engine else {
         unreachable!("the overload system is a cluster")
     };
     // Enough connections for every client the surge may have in flight.
-    let booker = Arc::new(cluster.booker(Mode::TwoPhase, CONNECTIONS_MAX * CLIENTS_PER_CONNECTION));
+    let booker = Arc::new(
+        cluster
+            .booker(Mode::TwoPhase, CONNECTIONS_MAX * CLIENTS_PER_CONNECTION)
+            .with_throttle(throttle.map(|options| {
+                Throttle::new(options).expect("the bench's throttle options are valid")
+            })),
+    );
     let warm = Load {
         booker: Arc::clone(&booker),
         flights: flights.clone(),
@@ -127,39 +149,40 @@ async fn surge(
     };
     let _ = open_loop(&warm, peak.bookings_per_s / 2.0, Duration::from_millis(500)).await;
     let rate = SURGE_FACTOR * peak.bookings_per_s;
+    let client = throttle.map_or("bare stubs".to_string(), |t| {
+        format!("client throttle k = {}", t.k)
+    });
     say(&format!(
-        "surge {db}: offering {} bookings/s open-loop for {} s (inflight_max = {inflight_max})",
+        "surge {db}: offering {} bookings/s open-loop for {} s (inflight_max = {inflight_max}, {client})",
         number(rate),
         runner.options().seconds
     ));
     let load = Load {
         booker,
         flights,
-        key_prefix: format!("surge-{inflight_max}"),
+        key_prefix: format!("surge-{inflight_max}-{}", throttle.is_some()),
         seed: SEED + 1,
     };
-    let own = CpuScope::default();
-    let cpu_before = own.seconds();
     let run = open_loop(&load, rate, Duration::from_secs(runner.options().seconds)).await;
-    let bench_cpu = own.seconds() - cpu_before;
     system.note_committed(run.tally.committed);
-    Ok(overload_run(db, inflight_max, peak, rate, &run, bench_cpu))
+    Ok(overload_run(db, inflight_max, throttle, peak, rate, &run))
 }
 
 /// The row of one surge.
 pub fn overload_run(
     db: Db,
     inflight_max: usize,
+    throttle: Option<ThrottleOptions>,
     peak: &CellResult,
     target_per_s: f64,
     run: &OpenLoop,
-    bench_cpu_seconds: f64,
 ) -> OverloadRun {
     let tally = &run.tally;
     let admitted_p99_ms = tally.answered_ms(0.99);
     OverloadRun {
         db,
         inflight_max,
+        client_throttle_k: throttle.map(|t| t.k),
         peak_clients: peak.clients,
         peak_per_s: peak.bookings_per_s,
         peak_p99_ms: peak.p99_ms,
@@ -176,11 +199,14 @@ pub fn overload_run(
         failed_by_code: tally.failed.clone(),
         refused: tally.refused,
         refused_with_hint: tally.refused_with_hint,
-        refusal_p50_ms: tally.refused_ms(0.5),
-        refusal_p99_ms: tally.refused_ms(0.99),
+        throttled: tally.throttled,
+        refusal_p50_ms: tally.refused_all_ms(0.5),
+        refusal_p99_ms: tally.refused_all_ms(0.99),
+        coordinator_refusal_p99_ms: tally.refused_ms(0.99),
+        client_refusal_p99_ms: tally.throttled_ms(0.99),
         failed: tally.failed_total(),
         unfinished: run.unfinished,
-        bench_cpu_share: bench_cpu_seconds / run.window.as_secs_f64().max(1e-9),
+        bench_cpu_share: run.own_cpu_seconds / run.window.as_secs_f64().max(1e-9),
     }
 }
 
@@ -219,6 +245,7 @@ mod tests {
             window: Duration::from_secs(1),
             good_in_window: 90,
             unfinished: 0,
+            own_cpu_seconds: 0.5,
         };
         let mut peak_tally = Tally::default();
         peak_tally.record(&Answer::Committed, Duration::from_millis(10));
@@ -227,7 +254,7 @@ mod tests {
             &peak_tally,
             0.01,
         );
-        let row = overload_run(Db::Sqlite, 64, &peak, 1000.0, &run, 0.5);
+        let row = overload_run(Db::Sqlite, 64, None, &peak, 1000.0, &run);
         assert_eq!(row.peak_per_s, 100.0);
         assert!((row.goodput_vs_peak - 0.9).abs() < 1e-9);
         assert!(
