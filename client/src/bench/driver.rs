@@ -231,12 +231,11 @@ impl<B: Booker> Load<B> {
     /// time spent waiting for a worker thread counts too).
     async fn book_one(
         &self,
-        rng: &mut StdRng,
+        legs: [Flight; 2],
         client: usize,
         n: u64,
         arrived: Option<Instant>,
     ) -> (Answer, Duration) {
-        let legs = self.flights.itinerary(rng);
         let key = format!("{}-{client}-{n}", self.key_prefix);
         let passenger = format!("P{client}-{n}");
         let started = arrived.unwrap_or_else(Instant::now);
@@ -261,7 +260,9 @@ pub async fn closed_loop<B: Booker>(
             let mut tally = Tally::default();
             let mut n = 0;
             while started.elapsed() < duration {
-                let (answer, latency) = load.book_one(&mut rng, client, n, None).await;
+                let (answer, latency) = load
+                    .book_one(load.flights.itinerary(&mut rng), client, n, None)
+                    .await;
                 tally.record(&answer, latency);
                 n += 1;
             }
@@ -312,6 +313,7 @@ pub async fn open_loop<B: Booker>(load: &Load<B>, rate_per_s: f64, duration: Dur
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     let mut rng = StdRng::seed_from_u64(load.seed);
+    let shared = Arc::new(load.clone());
     let mut issued: u64 = 0;
     let mut ticker = tokio::time::interval(ISSUE_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -331,12 +333,14 @@ pub async fn open_loop<B: Booker>(load: &Load<B>, rate_per_s: f64, duration: Dur
         }
         let due = (started.elapsed().min(duration).as_secs_f64() * rate_per_s) as u64;
         while issued < due {
-            let load = load.clone();
-            let mut task_rng = StdRng::seed_from_u64(rand::Rng::gen(&mut rng));
+            // The itinerary is drawn here, so each task carries two flights
+            // and a shared handle, not a generator of its own.
+            let legs = shared.flights.itinerary(&mut rng);
+            let load = Arc::clone(&shared);
             let n = issued;
             let arrived = Instant::now();
             tasks.spawn(async move {
-                let (answer, latency) = load.book_one(&mut task_rng, 0, n, Some(arrived)).await;
+                let (answer, latency) = load.book_one(legs, 0, n, Some(arrived)).await;
                 (answer, latency, started.elapsed())
             });
             issued += 1;

@@ -240,7 +240,11 @@ impl Booker for GrpcBooker {
         }
         let mut request = tonic::Request::new(self.request(key, passenger, legs));
         request.set_timeout(CALL_TIMEOUT);
-        let result = client.book(request).await.map(tonic::Response::into_inner);
+        // The call's future is a few kilobytes: boxed, it is made only for
+        // bookings sent, and each booking's task stays small when refused.
+        let result = Box::pin(client.book(request))
+            .await
+            .map(tonic::Response::into_inner);
         if let Some(throttle) = &self.throttle {
             throttle.record(sent_of(&result));
         }
