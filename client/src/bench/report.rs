@@ -345,8 +345,8 @@ pub fn overload_table(runs: &[OverloadRun]) -> String {
             r.throttled,
             number(r.refusal_p50_ms),
             number(r.refusal_p99_ms),
-            number(r.coordinator_refusal_p99_ms),
-            number(r.client_refusal_p99_ms),
+            number(if r.refused > 0 { r.coordinator_refusal_p99_ms } else { f64::NAN }),
+            number(if r.throttled > 0 { r.client_refusal_p99_ms } else { f64::NAN }),
             r.aborted_other,
             r.failed + r.unfinished,
         );
