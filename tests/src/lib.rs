@@ -197,6 +197,15 @@ pub async fn flight_summaries(cluster: &Cluster) -> Vec<FlightSummary> {
         .expect("read flight summaries")
 }
 
+/// Seats booked over every flight of every shard, read from the databases.
+pub async fn seats_booked(cluster: &Cluster) -> i64 {
+    flight_summaries(cluster)
+        .await
+        .iter()
+        .map(|s| s.booked)
+        .sum()
+}
+
 /// Committed, aborted-sold-out, and anything else, from the oracle.
 pub fn tally(oracle: &Oracle) -> (usize, usize, Vec<String>) {
     let (mut committed, mut sold_out, mut other) = (0, 0, Vec::new());

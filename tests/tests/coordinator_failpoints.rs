@@ -106,11 +106,7 @@ async fn crash_at(case: &Case) {
     }
     oracle.record(&request, &Ok(again.clone()));
     assert_invariants(cluster, &oracle).await;
-    let booked: i64 = flight_summaries(cluster)
-        .await
-        .iter()
-        .map(|s| s.booked)
-        .sum();
+    let booked = seats_booked(cluster).await;
     let expected = if case.outcome_after == Outcome::Committed {
         4
     } else {

@@ -344,14 +344,6 @@ async fn booking(cluster: &Cluster, prefix: &str, key: &str) -> BookRequest {
     }
 }
 
-async fn seats_booked(cluster: &Cluster) -> i64 {
-    flight_summaries(cluster)
-        .await
-        .iter()
-        .map(|s| s.booked)
-        .sum()
-}
-
 fn segment_path(cluster: &Cluster) -> PathBuf {
     cluster.data_dir().join("coordinator-log").join(SEGMENT)
 }

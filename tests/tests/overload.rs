@@ -170,11 +170,7 @@ async fn the_excess_is_refused_at_once_with_a_hint_and_the_client_stops_sending_
         assert_eq!(status.code(), Code::NotFound, "{key}: {status:?}");
     }
     assert_invariants(cluster, &oracle).await;
-    let booked: i64 = flight_summaries(cluster)
-        .await
-        .iter()
-        .map(|s| s.booked)
-        .sum();
+    let booked = seats_booked(cluster).await;
     assert_eq!(
         booked,
         2 * INFLIGHT_MAX as i64,

@@ -54,11 +54,7 @@ async fn crash_participant_at(failpoint: &str, told: Outcome) {
     cluster.remove_env(victim, "FAILPOINTS");
     cluster.restart(victim).await.expect("restart");
     assert_invariants(cluster, &oracle).await;
-    let booked: i64 = flight_summaries(cluster)
-        .await
-        .iter()
-        .map(|s| s.booked)
-        .sum();
+    let booked = seats_booked(cluster).await;
     let expected = if told == Outcome::Committed { 4 } else { 0 };
     assert_eq!(booked, expected, "{failpoint}: seats booked after recovery");
     let again = client.book(request.clone()).await.expect("retry");
@@ -123,11 +119,7 @@ async fn participant_paused_after_prepare_votes_too_late_and_is_released() {
 
     // The paused shard wakes up, sends its late YES, and is told ABORT.
     assert_invariants(cluster, &oracle).await;
-    let booked: i64 = flight_summaries(cluster)
-        .await
-        .iter()
-        .map(|s| s.booked)
-        .sum();
+    let booked = seats_booked(cluster).await;
     assert_eq!(booked, 0, "nothing of an aborted booking is booked");
 }
 
