@@ -176,13 +176,13 @@ impl Throttle {
         (excess / (requests as f64 + 1.0)).max(0.0)
     }
 
-    pub fn share_at(&self, now: Instant) -> f64 {
+    fn share_at(&self, now: Instant) -> f64 {
         let slice = self.slice_at(now);
         let state = self.state.lock().expect("throttle lock poisoned");
         self.share_of(&state, slice)
     }
 
-    pub fn admit_at(&self, now: Instant) -> Result<(), LocalRefusal> {
+    fn admit_at(&self, now: Instant) -> Result<(), LocalRefusal> {
         let slice = self.slice_at(now);
         let mut state = self.state.lock().expect("throttle lock poisoned");
         // The share before this request is counted: the first request after
@@ -202,7 +202,7 @@ impl Throttle {
         }
     }
 
-    pub fn record_at(&self, now: Instant, sent: Sent) {
+    fn record_at(&self, now: Instant, sent: Sent) {
         let slice = self.slice_at(now);
         let mut state = self.state.lock().expect("throttle lock poisoned");
         let bucket = Self::bucket(&mut state, slice);
