@@ -11,12 +11,20 @@ use booking_proto::v1::{BookRequest, Mode};
 use booking_tests::*;
 
 const ITINERARIES: usize = 600;
+/// Every itinerary of the race is admitted at once: the race is about
+/// contention for seats, not admission (the shipped `inflight_max`, 256,
+/// would refuse the rest; tests/overload.rs covers that).
+const INFLIGHT_MAX: usize = 1024;
 const CONTESTED: usize = 5;
 const ROOMY: usize = 6;
 
 async fn contested_race_sells_every_hot_flight_out_exactly(db: Db, mode: Mode) {
     init_tracing();
-    let test = start(db).await;
+    let test = start_with(db, |spec| {
+        spec.coordinator_settings
+            .push(("inflight_max".into(), INFLIGHT_MAX.to_string()));
+    })
+    .await;
     let cluster = &test.cluster;
     let flights = create_race_flights(cluster, CONTESTED, ROOMY).await;
     {
