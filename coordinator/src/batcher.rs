@@ -322,7 +322,7 @@ mod tests {
         }
         let calls = echo.calls.load(Ordering::SeqCst);
         assert!(
-            calls < 500 && calls >= 500 / 64,
+            (500 / 64..500).contains(&calls),
             "{calls} calls for 500 entries"
         );
         assert!(echo.largest.load(Ordering::SeqCst) <= 64);

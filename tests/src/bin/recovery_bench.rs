@@ -337,9 +337,9 @@ async fn participant(
     shard: usize,
 ) -> anyhow::Result<ParticipantClient<Channel>> {
     let url = cluster.participant_url(shard);
-    Ok(ParticipantClient::connect(url.clone())
+    ParticipantClient::connect(url.clone())
         .await
-        .with_context(|| format!("connect {url}"))?)
+        .with_context(|| format!("connect {url}"))
 }
 
 /// True once no shard lists a prepared txid.
