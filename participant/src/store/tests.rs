@@ -562,12 +562,20 @@ async fn a_batch_given_up_on_commits_whole_or_not_at_all(store: &Store) {
 async fn a_batch_that_panics_writes_nothing(store: &Store) {
     // Serialises the tests that arm failpoints; no other test arms this one.
     let _scenario = fail::FailScenario::setup();
+    // The failpoint registry is global and the other tests run meanwhile
+    // without the scenario's lock: the armed txid must be one no other test
+    // uses (armed with txid 7, it panicked a checkpoint test's batch in CI).
+    const PANICKING: u32 = 424_242;
     one(store, flight("AB1", 3, "AB")).await.expect("created");
     let batch = vec![
         Op::Prepare(booking(6, "AB1", SeatChoice::Count(1))),
-        Op::Prepare(booking(7, "AB1", SeatChoice::Count(2))),
+        Op::Prepare(booking(PANICKING, "AB1", SeatChoice::Count(2))),
     ];
-    fail::cfg("participant::batch_panics", &format!("return({})", txid(7))).expect("failpoint");
+    fail::cfg(
+        "participant::batch_panics",
+        &format!("return({})", txid(PANICKING)),
+    )
+    .expect("failpoint");
     let running = store.clone();
     let ran = tokio::spawn(async move { running.apply_batch(&batch).await }).await;
     fail::remove("participant::batch_panics");
