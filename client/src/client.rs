@@ -25,12 +25,11 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use leg_spec::LegSpec;
 
-use crate::throttle::{Sent, Throttle, ThrottleOptions, ThrottleOptionsError};
+use crate::throttle::{Throttle, ThrottleOptions, ThrottleOptionsError};
 
 /// How long connecting to a service may take before it is called unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The metadata key of the coordinator's retry hint, in milliseconds.
-pub const RETRY_AFTER_KEY: &str = "retry-after-ms";
+pub use booking_proto::limits::RETRY_AFTER_KEY;
 /// Default time a call may take: above the largest booking deadline
 /// (`limits::TIMEOUT_MS_MAX`, 60 s), so a slow booking is answered by the
 /// coordinator rather than cut off by the client.
@@ -172,23 +171,6 @@ async fn connect_channel(url: &str) -> Result<Channel, ClientError> {
         })
 }
 
-/// What a booking's answer tells a [`Throttle`]: only an overload refusal
-/// (RESOURCE_EXHAUSTED with a retry hint) counts against the coordinator.
-pub fn sent_of<T>(result: &Result<T, tonic::Status>) -> Sent {
-    match result {
-        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-            match retry_after(status) {
-                Some(hint) => Sent::Refused {
-                    retry_after: Some(hint),
-                },
-                // Too large a message, not overload.
-                None => Sent::Accepted,
-            }
-        }
-        _ => Sent::Accepted,
-    }
-}
-
 /// The throttle a new [`BookingClient`] starts with.
 fn default_throttle() -> Arc<Throttle> {
     Arc::new(Throttle::new(ThrottleOptions::default()).expect("the default options are valid"))
@@ -276,17 +258,21 @@ impl BookingClient {
     /// Books an itinerary. Sold-out and other business outcomes are replies
     /// (`outcome == ABORTED`); bad requests and overload are errors.
     pub async fn book(&self, request: BookRequest) -> Result<BookReply, ClientError> {
-        if let Some(throttle) = &self.throttle {
-            throttle.admit().map_err(|refusal| ClientError::Throttled {
-                retry_after: refusal.retry_after,
-                percent: refusal.share * 100.0,
-            })?;
-        }
         let request = request_with_timeout(request, self.request_timeout);
-        let result = self.coordinator.clone().book(request).await;
-        if let Some(throttle) = &self.throttle {
-            throttle.record(sent_of(&result));
-        }
+        let mut coordinator = self.coordinator.clone();
+        let call = move || async move { coordinator.book(request).await };
+        let result = match &self.throttle {
+            Some(throttle) => {
+                throttle
+                    .send(call)
+                    .await
+                    .map_err(|refusal| ClientError::Throttled {
+                        retry_after: refusal.retry_after,
+                        percent: refusal.share * 100.0,
+                    })?
+            }
+            None => call().await,
+        };
         Ok(result?.into_inner())
     }
 
@@ -481,6 +467,7 @@ pub async fn get_flight(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::throttle::Sent;
 
     #[test]
     fn status_errors_keep_code_and_message() {
@@ -501,7 +488,7 @@ mod tests {
             .metadata_mut()
             .insert(RETRY_AFTER_KEY, "40".parse().expect("digits"));
         assert_eq!(
-            sent_of::<()>(&Err(status.clone())),
+            Sent::of::<()>(&Err(status.clone())),
             Sent::Refused {
                 retry_after: Some(Duration::from_millis(40))
             }
@@ -511,10 +498,10 @@ mod tests {
         assert_eq!(error.retry_after(), Some(Duration::from_millis(40)));
         // Too large a message is RESOURCE_EXHAUSTED too, but not overload.
         let too_large = tonic::Status::resource_exhausted("request is 99999 bytes");
-        assert_eq!(sent_of::<()>(&Err(too_large.clone())), Sent::Accepted);
+        assert_eq!(Sent::of::<()>(&Err(too_large.clone())), Sent::Accepted);
         assert!(!ClientError::from(too_large).is_overload());
         assert_eq!(
-            sent_of::<()>(&Err(tonic::Status::unavailable("down"))),
+            Sent::of::<()>(&Err(tonic::Status::unavailable("down"))),
             Sent::Accepted
         );
         let throttled = ClientError::Throttled {

@@ -25,8 +25,11 @@
 //! coordinator, an invalid request or an exceeded deadline count as
 //! accepts, so they never make the throttle refuse.
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::client::retry_after;
 
 /// Buckets the window is split into; the oldest is dropped as time goes on.
 const BUCKETS: usize = 10;
@@ -85,6 +88,25 @@ pub enum Sent {
     Accepted,
 }
 
+impl Sent {
+    /// What a call's result tells the throttle: only an overload refusal
+    /// (RESOURCE_EXHAUSTED with a retry hint) counts against the coordinator.
+    pub fn of<T>(result: &Result<T, tonic::Status>) -> Sent {
+        match result {
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                match retry_after(status) {
+                    Some(hint) => Sent::Refused {
+                        retry_after: Some(hint),
+                    },
+                    // Too large a message, not overload.
+                    None => Sent::Accepted,
+                }
+            }
+            _ => Sent::Accepted,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct Bucket {
     /// Which slice of time (since the throttle was made) this bucket counts.
@@ -135,14 +157,19 @@ impl Throttle {
         self.options
     }
 
-    /// Counts a booking asked for now; Ok to send it, or refused locally.
-    pub fn admit(&self) -> Result<(), LocalRefusal> {
-        self.admit_at(Instant::now())
-    }
-
-    /// Counts what became of a booking that [`Throttle::admit`] let through.
-    pub fn record(&self, sent: Sent) {
-        self.record_at(Instant::now(), sent)
+    /// Makes the call `call()` builds, unless it is refused locally, and
+    /// counts its answer. The call is not even built when refused.
+    pub async fn send<T, F>(
+        &self,
+        call: impl FnOnce() -> F,
+    ) -> Result<Result<T, tonic::Status>, LocalRefusal>
+    where
+        F: Future<Output = Result<T, tonic::Status>>,
+    {
+        self.admit_at(Instant::now())?;
+        let result = call().await;
+        self.record_at(Instant::now(), Sent::of(&result));
+        Ok(result)
     }
 
     /// The share of bookings refused now, 0..1.

@@ -9,8 +9,9 @@ use booking_proto::routing::partition_of;
 use booking_proto::v1::coordinator_server::Coordinator;
 use booking_proto::v1::get_transaction_request::Key;
 use booking_proto::v1::{
-    AbortReason, BookReply, Decision, BookRequest, GetDecisionReply, GetDecisionRequest, GetRouteReply,
-    GetRouteRequest, GetTransactionRequest, Outcome, RetryTransactionRequest, TransactionStatus,
+    AbortReason, BookReply, BookRequest, Decision, GetDecisionReply, GetDecisionRequest,
+    GetRouteReply, GetRouteRequest, GetTransactionRequest, Outcome, RetryTransactionRequest,
+    TransactionStatus,
 };
 use booking_proto::validate;
 use prost::Message;
@@ -55,7 +56,9 @@ fn book_status(error: BookError) -> Status {
                 .to_string()
                 .parse()
                 .expect("digits are valid metadata");
-            status.metadata_mut().insert("retry-after-ms", hint);
+            status
+                .metadata_mut()
+                .insert(booking_proto::limits::RETRY_AFTER_KEY, hint);
             status
         }
         BookError::StillInProgress { .. } | BookError::Log(_) => Status::unavailable(message),

@@ -11,6 +11,9 @@ pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
 pub const FLIGHT_ID_CHARS_MAX: usize = 16;
 /// Longest passenger name, in bytes.
 pub const PASSENGER_BYTES_MAX: usize = 64;
+/// The gRPC metadata key of an overload refusal's retry hint, in
+/// milliseconds (RESOURCE_EXHAUSTED from `Coordinator.Book`).
+pub const RETRY_AFTER_KEY: &str = "retry-after-ms";
 /// Largest booking deadline a client may ask for.
 pub const TIMEOUT_MS_MAX: u32 = 60_000;
 /// Largest encoded request accepted by any service, in bytes.

@@ -21,7 +21,7 @@ use super::driver::{Answer, Booker};
 use super::scrape::{self, ClusterSamples};
 use super::workload::{Flight, FlightSet, SEAT_LETTERS, SEAT_ROWS};
 use super::BenchError;
-use crate::client::{code_name, sent_of, BookingClient, ParticipantAdmin};
+use crate::client::{code_name, retry_after, BookingClient, ParticipantAdmin};
 use crate::cluster::{Backend, Cluster, ClusterSpec, ProcessId};
 use crate::throttle::Throttle;
 
@@ -223,7 +223,7 @@ pub fn answer_of(result: Result<BookReply, tonic::Status>) -> Answer {
             }
         }
         Err(status) if status.code() == tonic::Code::ResourceExhausted => Answer::Refused {
-            retry_hint: status.metadata().get("retry-after-ms").is_some(),
+            retry_hint: retry_after(&status).is_some(),
         },
         Err(status) => Answer::Failed(code_name(status.code()).to_string()),
     }
@@ -232,29 +232,30 @@ pub fn answer_of(result: Result<BookReply, tonic::Status>) -> Answer {
 impl Booker for GrpcBooker {
     async fn book(&self, key: &str, passenger: &str, legs: &[Flight; 2]) -> Answer {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        let mut client = self.clients[index].clone();
-        if let Some(throttle) = &self.throttle {
-            if throttle.admit().is_err() {
-                return Answer::Throttled;
-            }
-        }
-        let mut request = tonic::Request::new(self.request(key, passenger, legs));
-        request.set_timeout(CALL_TIMEOUT);
+        let client = self.clients[index].clone();
         // The call's future is a few kilobytes: boxed, it is made only for
         // bookings sent, and each booking's task stays small when refused.
-        let result = Box::pin(client.book(request))
-            .await
-            .map(tonic::Response::into_inner);
-        if let Some(throttle) = &self.throttle {
-            throttle.record(sent_of(&result));
-        }
-        answer_of(result)
+        let call = move || {
+            let mut request = tonic::Request::new(self.request(key, passenger, legs));
+            request.set_timeout(CALL_TIMEOUT);
+            let mut client = client;
+            Box::pin(async move { client.book(request).await })
+        };
+        let result = match &self.throttle {
+            Some(throttle) => match throttle.send(call).await {
+                Ok(result) => result,
+                Err(_) => return Answer::Throttled,
+            },
+            None => call().await,
+        };
+        answer_of(result.map(tonic::Response::into_inner))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::RETRY_AFTER_KEY;
     use booking_proto::v1::AbortDetail;
 
     fn aborted(reason: AbortReason) -> BookReply {
@@ -286,7 +287,7 @@ mod tests {
         let mut overloaded = tonic::Status::resource_exhausted("busy");
         overloaded
             .metadata_mut()
-            .insert("retry-after-ms", "25".parse().expect("digits"));
+            .insert(RETRY_AFTER_KEY, "25".parse().expect("digits"));
         assert_eq!(
             answer_of(Err(overloaded)),
             Answer::Refused { retry_hint: true }
