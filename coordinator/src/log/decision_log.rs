@@ -1,17 +1,18 @@
 //! The handle the coordinator holds: `open` (replay, cut the torn tail,
-//! start the writer), `append` (frame on the caller's task, queue, await
+//! start the writer), `append` (frame on the caller's task; write a
+//! `Written` record there if the writer is idle, else queue it and await
 //! the writer), `stats` and `shutdown`.
 
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::segment::{self, Segment};
 use super::stats::Counters;
-use super::writer::{Append, Request, Shared, Writer, QUEUE_DEPTH_MAX};
+use super::writer::{Append, Request, Shared, Tail, Writer, QUEUE_DEPTH_MAX};
 use super::{
     frame, scan, Durability, LogError, LogOptions, LogRecord, LogStats, Position, Replayed,
     FORMAT_VERSION,
@@ -22,6 +23,9 @@ use super::{
 #[derive(Clone, Debug)]
 pub struct DecisionLog {
     sender: mpsc::Sender<Request>,
+    /// The end of the log, which the writer locks for each batch; `append`
+    /// writes a `Written` record there itself when the lock is free.
+    tail: Weak<Mutex<Tail>>,
     shared: Arc<Shared>,
     dir: std::path::PathBuf,
 }
@@ -67,6 +71,11 @@ impl DecisionLog {
         stamp_version(&mut record)?;
         // (1) Encode and frame here, so the writer only copies bytes.
         let frame = frame::encode(&record)?;
+        if durability == Durability::Written {
+            if let Some(written) = self.write_now(&frame) {
+                return written;
+            }
+        }
         let (reply, answer) = oneshot::channel();
         let request = Request::Append(Append {
             frame,
@@ -78,6 +87,18 @@ impl DecisionLog {
             .await
             .map_err(|_| LogError::Closed)?;
         answer.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Writes a `Written` record on the caller's task (one write(2) of
+    /// about a hundred bytes, no fsync) when nobody holds the tail: the
+    /// writer is between batches, so no hand-over to its thread and back is
+    /// needed. None when the record must be queued instead: the writer is
+    /// writing or fsyncing a batch, has stopped, or the record would rotate
+    /// the segment (which only the writer does).
+    fn write_now(&self, frame: &[u8]) -> Option<Result<Position, LogError>> {
+        let tail = self.tail.upgrade()?;
+        let mut tail = tail.try_lock().ok()?;
+        tail.write_one(frame)
     }
 
     /// What the writer has done since `open`.
@@ -152,12 +173,14 @@ fn start_writer(
         .current_segment
         .store(segment.seq(), Ordering::Release);
     let writer = Writer::new(options, segment, Arc::clone(&shared), receiver);
+    let tail = writer.tail();
     std::thread::Builder::new()
         .name("decision-log-writer".to_string())
         .spawn(move || writer.run())
         .map_err(LogError::io("spawn the decision log writer thread"))?;
     Ok(DecisionLog {
         sender,
+        tail,
         shared,
         dir: options.dir.clone(),
     })

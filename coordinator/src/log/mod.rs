@@ -25,7 +25,11 @@
 //!
 //! # Write order (numbered again beside the code in `writer.rs`, `segment.rs`)
 //! 1. `append` encodes and frames the record on the caller's task and queues
-//!    it to the one writer thread.
+//!    it to the one writer thread. A [`Durability::Written`] record is
+//!    written by `append` itself instead (step 2 for a batch of one, on the
+//!    caller's task) when the writer is between batches: the end of the
+//!    file sits behind a lock that the writer holds for each batch's write
+//!    and fsync, and with group commit off every record goes to the writer.
 //! 2. The writer takes every queued record (up to a batch cap) and writes
 //!    them with one `write` into the current segment. If the next frame
 //!    would make the segment exceed `segment_bytes_max`, it first writes what
@@ -105,7 +109,8 @@
 //! | `coordinator::log_torn_write` | on a batch write: only the first half of the batch's first frame is written (always past its length and CRC, never all of it) and fsynced, so a torn record is really on disk; then, if the action's argument is a number, the writer sleeps that many milliseconds; then the process exits with status 137 as SIGKILL would. No waiter of the batch is woken. |
 //! | `coordinator::log_fsync_fails`| on a writer fsync (a Forced batch, a rotation, the last fsync at shutdown; never when nothing is unsynced): the fsync returns an I/O error without syncing, which poisons the log as a real failure does. |
 //!
-//! Batch writes are counted per batch, so the fail crate's counts pick one:
+//! Batch writes are counted per batch (a record `append` writes itself is a
+//! batch of one), so the fail crate's counts pick one:
 //! `FAILPOINTS="coordinator::log_torn_write=1*off->return(300)"` lets the
 //! first batch through and tears the second. For one two-shard booking on
 //! an idle coordinator the first batch is its BEGIN (Written, no fsync) and

@@ -559,6 +559,11 @@ async fn rotation_fsyncs_the_old_segment_before_the_switch() {
         stats.segments_created - 1,
         "only rotations fsync Written records: {stats:?}"
     );
+    assert_eq!(
+        stats.written_by_appenders,
+        20 - (stats.segments_created - 1),
+        "every record but those that rotate is written by its appender: {stats:?}"
+    );
 }
 
 /// `tasks` concurrent tasks, one append each; returns the positions.
@@ -630,6 +635,91 @@ async fn without_group_commit_every_record_gets_its_own_fsync() {
     assert_eq!(stats.records_written, 200);
     assert_eq!(stats.fsyncs, 200, "{stats:?}");
     assert_eq!(stats.batches, 200, "{stats:?}");
+    assert_eq!(stats.written_by_appenders, 0, "{stats:?}");
+}
+
+/// The writer idle, a Written record is written by `append` itself: in the
+/// file, where the previous one ended, when `append` returns, and not
+/// fsynced.
+#[tokio::test]
+async fn an_idle_writer_leaves_written_records_to_their_appenders() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = open(dir.path());
+    let path = segment_path(dir.path(), 1);
+    let mut appended = Vec::new();
+    for n in 0..5 {
+        let end = file_len(&path);
+        let record = full_record(RecordKind::Begin, n);
+        let position = log
+            .append(record.clone(), Durability::Written)
+            .await
+            .expect("append");
+        assert_eq!(
+            position,
+            Position {
+                segment: 1,
+                offset: end
+            }
+        );
+        assert_eq!(file_len(&path), end + frame_len_of(&record));
+        appended.push((position, record));
+    }
+    let stats = log.stats();
+    assert_eq!(stats.written_by_appenders, 5, "{stats:?}");
+    assert_eq!(
+        (stats.records_written, stats.batches, stats.fsyncs),
+        (5, 5, 0)
+    );
+    // A Forced record still goes to the writer, and its fsync covers them.
+    let forced = log
+        .append(full_record(RecordKind::Commit, 5), Durability::Forced)
+        .await
+        .expect("append");
+    let stats = log.stats();
+    assert_eq!(
+        (stats.written_by_appenders, stats.fsyncs),
+        (5, 1),
+        "{stats:?}"
+    );
+    log.shutdown().await.expect("shutdown");
+    let (_, replayed) = open(dir.path());
+    assert_eq!(replayed.records[..5], appended);
+    assert_eq!(replayed.records[5].0, forced);
+}
+
+/// Appenders writing their own records while the writer writes and fsyncs
+/// batches: every record lands once, whole, at the position its append
+/// returned, and the file is one sequence of good frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn written_and_forced_appends_at_once_each_land_whole_where_they_said() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = open(dir.path());
+    let mut set = JoinSet::new();
+    for n in 0..2000u64 {
+        let log = log.clone();
+        set.spawn(async move {
+            let durability = if n % 3 == 0 {
+                Durability::Forced
+            } else {
+                Durability::Written
+            };
+            let record = full_record(RecordKind::Commit, n);
+            let position = log.append(record.clone(), durability).await;
+            (position.expect("append"), record)
+        });
+    }
+    let mut appended = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        appended.push(joined.expect("task"));
+    }
+    let stats = log.stats();
+    log.shutdown().await.expect("shutdown");
+    eprintln!("mixed appends: {stats:?}");
+    appended.sort_by_key(|(position, _)| *position);
+    let replayed = scan(dir.path()).expect("scan");
+    assert_eq!(replayed.tail_cut, None);
+    assert_eq!(replayed.records, appended);
+    assert_eq!(stats.records_written, 2000);
 }
 
 #[tokio::test]
@@ -685,10 +775,21 @@ async fn appends_after_shutdown_are_closed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (log, _) = open(dir.path());
     log.shutdown().await.expect("shutdown");
-    let late = log
-        .append(full_record(RecordKind::Begin, 1), Durability::Forced)
-        .await;
-    assert!(matches!(late, Err(LogError::Closed)), "{late:?}");
+    let end = file_len(&segment_path(dir.path(), 1));
+    for durability in [Durability::Forced, Durability::Written] {
+        let late = log
+            .append(full_record(RecordKind::Begin, 1), durability)
+            .await;
+        assert!(
+            matches!(late, Err(LogError::Closed)),
+            "{durability:?}: {late:?}"
+        );
+    }
+    assert_eq!(
+        file_len(&segment_path(dir.path(), 1)),
+        end,
+        "nothing written"
+    );
     assert!(matches!(log.shutdown().await, Err(LogError::Closed)));
 }
 

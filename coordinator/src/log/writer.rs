@@ -4,13 +4,21 @@
 //! them asked for `Forced`, then wakes them all: group commit. A failed
 //! write or fsync poisons the log for good.
 //!
+//! The end of the log (`Tail`: the open segment, what is written and what
+//! is fsynced) sits behind a mutex. The writer holds it for a batch's write
+//! and fsync; in between, `append` may take it to write one `Written`
+//! record itself (`Tail::write_one`), which spares the caller two thread
+//! hand-overs. Whoever holds the lock writes at the end of the file, so the
+//! file is still one sequence of whole frames, and an fsync still makes
+//! durable everything written before it.
+//!
 //! Two failpoints (see "Failpoints" in the module docs of `log`) let the
 //! fault-injection suite damage the log from a real process: [`TORN_WRITE`]
 //! and [`FSYNC_FAILS`].
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,6 +36,7 @@ const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// first frame is written (always past its length and CRC), fsynced, and the
 /// process exits with status 137 as SIGKILL would, after sleeping the
 /// action's argument in milliseconds when it is a number. Nobody is woken.
+/// A record `append` writes itself is a batch of one.
 pub(crate) const TORN_WRITE: &str = "coordinator::log_torn_write";
 /// Failpoint: a writer fsync (batch, rotation or the last one at shutdown)
 /// fails with an I/O error instead of syncing, which poisons the log.
@@ -73,6 +82,14 @@ struct Batch {
 }
 
 pub(crate) struct Writer {
+    tail: Arc<Mutex<Tail>>,
+    receiver: mpsc::Receiver<Request>,
+    group_commit: bool,
+}
+
+/// The end of the log: the segment being appended to, and how far it is
+/// written and fsynced. Only the holder of its lock writes.
+pub(crate) struct Tail {
     dir: PathBuf,
     segment_bytes_max: u64,
     group_commit: bool,
@@ -83,11 +100,12 @@ pub(crate) struct Writer {
     /// no Forced waiter is woken for a record that ends past `durable`.
     durable: Position,
     shared: Arc<Shared>,
-    receiver: mpsc::Receiver<Request>,
     /// Records and bytes written since the last fsync (for the metrics of
     /// what one fsync makes durable).
     unsynced_records: u64,
     unsynced_bytes: u64,
+    /// Set by the writer's last fsync: nothing is written after it.
+    closed: bool,
 }
 
 impl Writer {
@@ -102,7 +120,7 @@ impl Writer {
             segment: segment.seq(),
             offset: segment.len(),
         };
-        Writer {
+        let tail = Tail {
             dir: options.dir.clone(),
             segment_bytes_max: options.segment_bytes_max,
             group_commit: options.group_commit,
@@ -110,10 +128,21 @@ impl Writer {
             written: end,
             durable: end,
             shared,
-            receiver,
             unsynced_records: 0,
             unsynced_bytes: 0,
+            closed: false,
+        };
+        Writer {
+            tail: Arc::new(Mutex::new(tail)),
+            receiver,
+            group_commit: options.group_commit,
         }
+    }
+
+    /// The end of the log, for `append` to write to while the writer runs;
+    /// gone once the writer has stopped.
+    pub fn tail(&self) -> Weak<Mutex<Tail>> {
+        Arc::downgrade(&self.tail)
     }
 
     /// The thread's body: batches until shutdown or until every handle is
@@ -163,18 +192,74 @@ impl Writer {
         if batch.appends.is_empty() {
             return;
         }
-        let result = if self.shared.poisoned.load(Ordering::Acquire) {
-            Err(LogError::Poisoned)
-        } else {
-            self.write_batch(&batch)
+        let result = {
+            let mut tail = self.lock();
+            let written = if tail.shared.poisoned.load(Ordering::Acquire) {
+                Err(LogError::Poisoned)
+            } else {
+                tail.write_batch(&batch)
+            };
+            written.map_err(|error| tail.poison(error))
         };
         match result {
             Ok(positions) => wake(batch.appends, positions),
-            Err(error) => {
-                self.poison(error);
-                wake_poisoned(batch.appends);
-            }
+            Err(()) => wake_poisoned(batch.appends),
         }
+    }
+
+    /// After the last batch: fsync what was only written, close the tail to
+    /// `append`'s own writes, then answer `Closed` to anything still queued.
+    fn close(&mut self) -> Result<(), LogError> {
+        let result = {
+            let mut tail = self.lock();
+            let result = tail.final_fsync();
+            tail.closed = true;
+            result
+        };
+        self.receiver.close();
+        while let Ok(request) = self.receiver.try_recv() {
+            reply_closed(request);
+        }
+        result
+    }
+
+    /// A panic while the lock was held broke an invariant of the file:
+    /// nothing more may be written.
+    fn lock(&self) -> MutexGuard<'_, Tail> {
+        self.tail
+            .lock()
+            .expect("the decision log's tail was poisoned by a panic while writing")
+    }
+}
+
+impl Tail {
+    /// Steps 2 and 3 for one `Written` record, by `append` on its own task:
+    /// None when it must go to the writer instead (group commit off, the
+    /// writer stopped, or the record would rotate the segment). A failed
+    /// write poisons the log, as the writer's does.
+    pub fn write_one(&mut self, frame: &[u8]) -> Option<Result<Position, LogError>> {
+        if !self.group_commit || self.closed || self.must_rotate(0, frame.len()) {
+            return None;
+        }
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Some(Err(LogError::Poisoned));
+        }
+        if let Some(delay) = fail::eval(TORN_WRITE, |arg| arg) {
+            self.tear_and_exit(frame, delay.as_deref());
+        }
+        let position = self.written;
+        if let Err(error) = self.write(frame) {
+            self.poison(error);
+            return Some(Err(LogError::Poisoned));
+        }
+        self.unsynced_records += 1;
+        self.unsynced_bytes += frame.len() as u64;
+        let counters = &self.shared.counters;
+        Counters::add(&counters.records_written, 1);
+        Counters::add(&counters.bytes_written, frame.len() as u64);
+        Counters::add(&counters.batches, 1);
+        Counters::add(&counters.written_by_appenders, 1);
+        Some(Ok(position))
     }
 
     /// Steps 2-4 for one batch; returns where each record went.
@@ -252,7 +337,11 @@ impl Writer {
         self.injected_fsync_failure()?;
         let started = std::time::Instant::now();
         self.segment.sync()?;
-        crate::metrics::fsync(self.unsynced_records, self.unsynced_bytes, started.elapsed());
+        crate::metrics::fsync(
+            self.unsynced_records,
+            self.unsynced_bytes,
+            started.elapsed(),
+        );
         self.unsynced_records = 0;
         self.unsynced_bytes = 0;
         Counters::add(&self.shared.counters.fsyncs, 1);
@@ -313,17 +402,6 @@ impl Writer {
             tracing::error!(%error, written = ?self.written, durable = ?self.durable,
                 "decision log poisoned: refusing all further writes until restart");
         }
-    }
-
-    /// After the last batch: fsync what was only written, then answer
-    /// `Closed` to anything still queued.
-    fn close(&mut self) -> Result<(), LogError> {
-        let result = self.final_fsync();
-        self.receiver.close();
-        while let Ok(request) = self.receiver.try_recv() {
-            reply_closed(request);
-        }
-        result
     }
 
     fn final_fsync(&mut self) -> Result<(), LogError> {
