@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, TryLockError, Weak};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -58,7 +58,9 @@ impl DecisionLog {
 
     /// Appends one record. `Forced` resolves only after this record and all
     /// before it are fsynced; `Written` once it is written to the file.
-    /// Records of one caller go in call order; the result is where it went.
+    /// A caller that awaits each append before the next gets its records
+    /// in call order (appends in flight at once may land in any order); the
+    /// result is where it went.
     /// Stamps `format_version` with [`FORMAT_VERSION`] when it is 0.
     pub async fn append(
         &self,
@@ -97,7 +99,14 @@ impl DecisionLog {
     /// the segment (which only the writer does).
     fn write_now(&self, frame: &[u8]) -> Option<Result<Position, LogError>> {
         let tail = self.tail.upgrade()?;
-        let mut tail = tail.try_lock().ok()?;
+        let mut tail = match tail.try_lock() {
+            Ok(tail) => tail,
+            Err(TryLockError::WouldBlock) => return None,
+            Err(TryLockError::Poisoned(poisoned)) => {
+                poisoned.into_inner().poison_after_panic();
+                return Some(Err(LogError::Poisoned));
+            }
+        };
         tail.write_one(frame)
     }
 
@@ -154,6 +163,12 @@ impl DecisionLog {
             .await
             .map_err(|_| LogError::Closed)?;
         answer.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Test hook: the end of the log, kept alive by the caller.
+    #[cfg(test)]
+    pub(crate) fn tail_for_test(&self) -> Arc<Mutex<Tail>> {
+        self.tail.upgrade().expect("the writer runs")
     }
 
     /// Test hook: the writer's next fsync fails as if the disk had failed.

@@ -106,7 +106,7 @@
 //!
 //! | name                          | what happens when it fires |
 //! |-------------------------------|----------------------------|
-//! | `coordinator::log_torn_write` | on a batch write: only the first half of the batch's first frame is written (always past its length and CRC, never all of it) and fsynced, so a torn record is really on disk; then, if the action's argument is a number, the writer sleeps that many milliseconds; then the process exits with status 137 as SIGKILL would. No waiter of the batch is woken. |
+//! | `coordinator::log_torn_write` | on a batch write: only the first half of the batch's first frame is written (always past its length and CRC, never all of it) and fsynced, so a torn record is really on disk; then, if the action's argument is a number, the writing thread (the writer's, or the appender's for a record it writes itself) sleeps that many milliseconds; then the process exits with status 137 as SIGKILL would. No waiter of the batch is woken. |
 //! | `coordinator::log_fsync_fails`| on a writer fsync (a Forced batch, a rotation, the last fsync at shutdown; never when nothing is unsynced): the fsync returns an I/O error without syncing, which poisons the log as a real failure does. |
 //!
 //! Batch writes are counted per batch (a record `append` writes itself is a

@@ -720,6 +720,62 @@ async fn written_and_forced_appends_at_once_each_land_whole_where_they_said() {
     assert_eq!(replayed.tail_cut, None);
     assert_eq!(replayed.records, appended);
     assert_eq!(stats.records_written, 2000);
+    assert!(
+        stats.written_by_appenders > 0,
+        "the writer sleeps between batches: some appender found it idle: {stats:?}"
+    );
+}
+
+/// Once the writer's last fsync is done, an appender that still holds the
+/// tail writes nothing: its record goes to the stopped writer (`Closed`).
+#[tokio::test]
+async fn an_appender_holding_the_tail_writes_nothing_after_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = open(dir.path());
+    let tail = log.tail_for_test();
+    log.shutdown().await.expect("shutdown");
+    let end = file_len(&segment_path(dir.path(), 1));
+    let frame = frame::encode(&full_record(RecordKind::Begin, 1)).expect("encode");
+    let written = tail.lock().expect("lock").write_one(&frame);
+    assert!(written.is_none(), "{written:?}");
+    assert_eq!(
+        file_len(&segment_path(dir.path(), 1)),
+        end,
+        "nothing written"
+    );
+}
+
+/// A panic while the tail was locked (a broken invariant) poisons the log:
+/// every later append and the shutdown get `Poisoned`, and nothing more is
+/// written.
+#[tokio::test]
+async fn a_panic_while_writing_poisons_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = open(dir.path());
+    append_numbered(&log, 2).await;
+    let tail = log.tail_for_test();
+    let panicked = std::thread::spawn(move || {
+        let _locked = tail.lock().expect("lock");
+        panic!("an invariant of the file broke while writing");
+    })
+    .join();
+    assert!(panicked.is_err());
+    let end = file_len(&segment_path(dir.path(), 1));
+    for durability in [Durability::Written, Durability::Forced, Durability::Written] {
+        let after = log
+            .append(full_record(RecordKind::End, 9), durability)
+            .await;
+        assert!(
+            matches!(after, Err(LogError::Poisoned)),
+            "{durability:?}: {after:?}"
+        );
+    }
+    assert!(matches!(log.shutdown().await, Err(LogError::Poisoned)));
+    assert_eq!(
+        file_len(&segment_path(dir.path(), 1)),
+        end,
+        "nothing written"
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! The one writer: a std thread doing blocking I/O, fed by a bounded tokio
-//! channel, waking waiters through tokio oneshots. It takes every record
+//! The one writer: a std thread doing blocking I/O (every fsync of the log
+//! but a failpoint's is its), fed by a bounded tokio channel, waking waiters through tokio
+//! oneshots. It takes every record
 //! queued at that moment, writes them with one write, fsyncs once if any of
 //! them asked for `Forced`, then wakes them all: group commit. A failed
 //! write or fsync poisons the log for good.
@@ -157,7 +158,9 @@ impl Writer {
             self.commit(batch);
         }
         let result = self.close();
-        // Close the segment before answering, so the caller may reopen.
+        // Close the segment before answering, so the caller may reopen (an
+        // appender that has just taken the tail may close it a moment later;
+        // `closed` keeps it from writing).
         drop(self);
         if let Some(reply) = shutdown {
             // The caller may have stopped waiting; nothing to do then.
@@ -223,12 +226,15 @@ impl Writer {
         result
     }
 
-    /// A panic while the lock was held broke an invariant of the file:
-    /// nothing more may be written.
+    /// The tail, locked. After a panic while it was held (an invariant of
+    /// the file broke), the log is poisoned: nothing more is written, and
+    /// every waiter is told `Poisoned`.
     fn lock(&self) -> MutexGuard<'_, Tail> {
-        self.tail
-            .lock()
-            .expect("the decision log's tail was poisoned by a panic while writing")
+        self.tail.lock().unwrap_or_else(|poisoned| {
+            let tail = poisoned.into_inner();
+            tail.poison_after_panic();
+            tail
+        })
     }
 }
 
@@ -401,6 +407,15 @@ impl Tail {
         if !self.shared.poisoned.swap(true, Ordering::AcqRel) {
             tracing::error!(%error, written = ?self.written, durable = ?self.durable,
                 "decision log poisoned: refusing all further writes until restart");
+        }
+    }
+
+    /// A panic while the lock was held: the file may not be what `written`
+    /// says, so the log refuses all further writes.
+    pub fn poison_after_panic(&self) {
+        if !self.shared.poisoned.swap(true, Ordering::AcqRel) {
+            tracing::error!(written = ?self.written, durable = ?self.durable,
+                "decision log poisoned: a panic while writing; refusing all further writes until restart");
         }
     }
 
