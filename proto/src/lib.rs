@@ -1,12 +1,14 @@
 //! The wire contract shared by every process: the generated gRPC types of
 //! `proto/booking/v1/*.proto`, the decision-log record type, the stable
 //! routing function (flight → partition) and the limits and validation
-//! rules that both the coordinator and the participants enforce.
+//! rules that both the coordinator and the participants enforce; and the
+//! process set-up every binary shares (`logging`, `process`).
 //!
-//! This crate does no I/O.
+//! Apart from that set-up, this crate does no I/O.
 
 pub mod limits;
 pub mod logging;
+pub mod process;
 pub mod routing;
 pub mod validate;
 

@@ -2,7 +2,8 @@
 //! while the coordinator replays its log (and the Coordinator service
 //! answers UNAVAILABLE, never a presumed ABORT); retention keeps the log
 //! bounded and recovery short while the invariants hold; `bookctl admin
-//! retry` re-drives a stuck transaction and refuses what it must.
+//! retry` re-drives a stuck transaction and refuses what it must; the
+//! servers run without transparent huge pages.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -291,4 +292,28 @@ fn bookctl(cluster: &booking_client::Cluster, args: &[&str]) -> std::process::Ou
         .args(args)
         .output()
         .expect("run bookctl")
+}
+
+/// The coordinator and every participant turn transparent huge pages off
+/// for themselves at start (`booking_proto::process`): with them, a
+/// restarted coordinator spent most of its replay zeroing 2 MiB pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_run_without_transparent_huge_pages() {
+    init_tracing();
+    let test = start(Db::Sqlite).await;
+    let cluster = &test.cluster;
+    let processes = std::iter::once(ProcessId::Coordinator)
+        .chain((0..cluster.shards()).map(ProcessId::Participant));
+    for process in processes {
+        let pid = cluster.pid(process).expect("the process runs");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+        let thp = status
+            .lines()
+            .find_map(|line| line.strip_prefix("THP_enabled:"))
+            .unwrap_or_else(|| {
+                panic!("no THP_enabled line for {process}: the kernel is older than 5.0")
+            });
+        assert_eq!(thp.trim(), "0", "{process} (pid {pid})");
+    }
 }

@@ -54,6 +54,9 @@ async fn main() -> anyhow::Result<ExitCode> {
     };
     // RUST_LOG sets the level, LOG_FORMAT=json the format.
     booking_proto::logging::init("info")?;
+    if let Err(error) = booking_proto::process::disable_transparent_huge_pages() {
+        tracing::warn!(%error, "could not turn transparent huge pages off; running with them");
+    }
     // Reads FAILPOINTS once; see coordinator::failpoints.
     let _failpoints = fail::FailScenario::setup();
     match cli.command {

@@ -99,6 +99,9 @@ impl ServeArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging()?;
+    if let Err(error) = booking_proto::process::disable_transparent_huge_pages() {
+        tracing::warn!(%error, "could not turn transparent huge pages off; running with them");
+    }
     // Reads FAILPOINTS once; see participant::failpoints.
     let _failpoints = fail::FailScenario::setup();
     let Command::Serve(args) = Cli::parse().command;
