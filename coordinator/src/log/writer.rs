@@ -1,9 +1,9 @@
-//! The one writer: a std thread doing blocking I/O (every fsync of the log
-//! but a failpoint's is its), fed by a bounded tokio channel, waking waiters through tokio
-//! oneshots. It takes every record
-//! queued at that moment, writes them with one write, fsyncs once if any of
-//! them asked for `Forced`, then wakes them all: group commit. A failed
-//! write or fsync poisons the log for good.
+//! The one writer: a std thread doing blocking I/O (every fsync of the
+//! log but a failpoint's is its), fed by a bounded tokio channel, waking
+//! waiters through tokio oneshots. It takes every record queued at that
+//! moment, writes them with one write, fsyncs once if any of them asked
+//! for `Forced`, then wakes them all: group commit. A failed write or
+//! fsync poisons the log for good.
 //!
 //! The end of the log (`Tail`: the open segment, what is written and what
 //! is fsynced) sits behind a mutex. The writer holds it for a batch's write
@@ -260,11 +260,8 @@ impl Tail {
         }
         self.unsynced_records += 1;
         self.unsynced_bytes += frame.len() as u64;
-        let counters = &self.shared.counters;
-        Counters::add(&counters.records_written, 1);
-        Counters::add(&counters.bytes_written, frame.len() as u64);
-        Counters::add(&counters.batches, 1);
-        Counters::add(&counters.written_by_appenders, 1);
+        self.count_write(1, frame.len());
+        Counters::add(&self.shared.counters.written_by_appenders, 1);
         Some(Ok(position))
     }
 
@@ -295,7 +292,7 @@ impl Tail {
         if batch.forced || !self.group_commit {
             self.fsync()?;
         }
-        self.count_batch(batch);
+        self.count_write(batch.appends.len(), batch.bytes);
         Ok(positions)
     }
 
@@ -403,7 +400,7 @@ impl Tail {
     }
 
     /// Logs the first failure once at ERROR and refuses all further writes.
-    fn poison(&mut self, error: LogError) {
+    fn poison(&self, error: impl std::fmt::Display) {
         if !self.shared.poisoned.swap(true, Ordering::AcqRel) {
             tracing::error!(%error, written = ?self.written, durable = ?self.durable,
                 "decision log poisoned: refusing all further writes until restart");
@@ -413,10 +410,7 @@ impl Tail {
     /// A panic while the lock was held: the file may not be what `written`
     /// says, so the log refuses all further writes.
     pub fn poison_after_panic(&self) {
-        if !self.shared.poisoned.swap(true, Ordering::AcqRel) {
-            tracing::error!(written = ?self.written, durable = ?self.durable,
-                "decision log poisoned: a panic while writing; refusing all further writes until restart");
-        }
+        self.poison("a panic while the log's tail was locked");
     }
 
     fn final_fsync(&mut self) -> Result<(), LogError> {
@@ -429,10 +423,11 @@ impl Tail {
         })
     }
 
-    fn count_batch(&self, batch: &Batch) {
+    /// One write(2) of `records` frames, `bytes` in all.
+    fn count_write(&self, records: usize, bytes: usize) {
         let counters = &self.shared.counters;
-        Counters::add(&counters.records_written, batch.appends.len() as u64);
-        Counters::add(&counters.bytes_written, batch.bytes as u64);
+        Counters::add(&counters.records_written, records as u64);
+        Counters::add(&counters.bytes_written, bytes as u64);
         Counters::add(&counters.batches, 1);
     }
 
